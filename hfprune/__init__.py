@@ -1,0 +1,29 @@
+"""hfprune: structured pruning for Hugging Face transformers that physically shrinks the model."""
+
+__version__ = "0.1.0"
+
+from .arch import register_adapter, supported_model_types  # noqa: E402
+from .errors import CheckpointError, HfpruneError, PruningSpecError, UnsupportedModelError  # noqa: E402
+from .flops import ModelCount, SiteCount, count  # noqa: E402
+from .io import from_pretrained, save_pretrained  # noqa: E402
+from .masks import SoftMasks  # noqa: E402
+from .surgery import remove_heads, remove_layers, remove_neurons, sites  # noqa: E402
+
+__all__ = [
+    "CheckpointError",
+    "HfpruneError",
+    "ModelCount",
+    "PruningSpecError",
+    "SiteCount",
+    "SoftMasks",
+    "UnsupportedModelError",
+    "count",
+    "from_pretrained",
+    "register_adapter",
+    "remove_heads",
+    "remove_layers",
+    "remove_neurons",
+    "save_pretrained",
+    "sites",
+    "supported_model_types",
+]

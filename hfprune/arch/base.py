@@ -1,0 +1,108 @@
+"""What an architecture adapter is: a *description* of where a family keeps its prunable structures.
+
+An adapter never acts on a model. Scoring, masking, surgery and saving read the description and act
+through the generic code in `hfprune.surgery` / `hfprune.masks`. Adding a family means writing one
+`Adapter(...)` with its specs; if a family needs an `if` in the surgery, a field is missing here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch.nn as nn
+
+# Quantities a module attribute can follow when heads are removed.
+HEAD_QUANTITIES = ("heads", "kv_heads", "width", "kv_width", "groups")
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """Where one attention block of a layer lives, relative to the layer module.
+
+    Args:
+        kind: `"attention"` (self-attention) or `"cross_attention"`.
+        module: path of the attention module that owns q/k/v (and the attributes to sync). It is the module
+            replaced by `EmptyAttention` when every head is removed.
+        q, k, v: paths of the projections, relative to `module`. For a fused projection (GPT-2 `c_attn`) all
+            three name the same module and `fused_qkv` is set: its outputs are [q | k | v].
+        o: path of the output projection, relative to the *layer* (BERT keeps it outside the attention module).
+        head_dim_attr: attribute of `module` holding the head size; head_dim never changes under pruning.
+        attributes: module attribute -> quantity it equals after surgery, one of `HEAD_QUANTITIES`
+            (`width` = heads * head_dim, `groups` = heads // kv_heads).
+        optional: the block exists only in some configs (BERT used as a decoder with cross-attention).
+    """
+
+    kind: str
+    module: str
+    q: str
+    k: str
+    v: str
+    o: str
+    head_dim_attr: str = "head_dim"
+    attributes: dict[str, str] = field(default_factory=dict)
+    fused_qkv: bool = False
+    optional: bool = False
+
+    def __post_init__(self):
+        bad = {a: q for a, q in self.attributes.items() if q not in HEAD_QUANTITIES}
+        if bad:
+            raise ValueError(f"unknown head quantities {bad}; use one of {HEAD_QUANTITIES}")
+
+
+@dataclass(frozen=True)
+class FfnSpec:
+    """Where the feed-forward block of a layer lives, relative to the layer module.
+
+    Args:
+        inputs: the projections whose *outputs* are the neurons (`[up]`, or `[gate, up]` for gated MLPs).
+        output: the projection whose *inputs* are the neurons (down).
+        attributes: `{module path: attribute}` pairs that hold the FFN width (Llama's `mlp.intermediate_size`).
+    """
+
+    inputs: tuple[str, ...]
+    output: str
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """A stack of identical layers (an encoder or a decoder) and the config fields that describe it.
+
+    Args:
+        name: the stack's name in site names (`"encoder"`, `"decoder"`).
+        path: suffix of the `nn.ModuleList` holding the layers (`"encoder.layer"` matches `bert.encoder.layer`).
+        attention: the attention blocks of each layer.
+        ffn: the feed-forward block of each layer.
+        layers_field: config field with the number of layers.
+        ffn_field: config field with the FFN width, written when every layer has the same width.
+        heads_field, kv_heads_field, head_dim_field: config fields for head counts. Only families whose config
+            can express a head count independently of `hidden_size` set them (Llama-family carries `head_dim`).
+    """
+
+    name: str
+    path: str
+    attention: tuple[AttentionSpec, ...]
+    ffn: FfnSpec
+    layers_field: str
+    ffn_field: str | None = None
+    heads_field: str | None = None
+    kv_heads_field: str | None = None
+    head_dim_field: str | None = None
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Describes one model family.
+
+    Args:
+        model_types: `config.model_type` values this adapter serves.
+        stacks: the family's layer stacks.
+        prepare: optional callable run on the model before any hfprune code reads it, for families whose stock
+            modules must be swapped for an equivalent, prunable implementation (WavLM's attention). It must be
+            idempotent and keep parameter names, so checkpoints stay compatible.
+    """
+
+    model_types: tuple[str, ...]
+    stacks: tuple[StackSpec, ...]
+    prepare: Callable[[nn.Module], None] | None = None

@@ -1,0 +1,31 @@
+"""DistilBERT: one attention module with q_lin/k_lin/v_lin/out_lin, FFN lin1/lin2."""
+
+from .base import Adapter, AttentionSpec, FfnSpec, StackSpec
+from .registry import register_adapter
+
+DISTILBERT = register_adapter(
+    Adapter(
+        model_types=("distilbert",),
+        stacks=(
+            StackSpec(
+                name="encoder",
+                path="transformer.layer",
+                attention=(
+                    AttentionSpec(
+                        kind="attention",
+                        module="attention",
+                        q="q_lin",
+                        k="k_lin",
+                        v="v_lin",
+                        o="attention.out_lin",
+                        head_dim_attr="attention_head_size",
+                        attributes={"n_heads": "heads"},
+                    ),
+                ),
+                ffn=FfnSpec(inputs=("ffn.lin1",), output="ffn.lin2"),
+                layers_field="n_layers",
+                ffn_field="hidden_dim",
+            ),
+        ),
+    )
+)

@@ -1,0 +1,42 @@
+"""Llama, Mistral, Qwen2: GQA attention and a gated MLP.
+
+Their configs carry `head_dim`, so uniform head counts (`num_attention_heads`, `num_key_value_heads`) and FFN
+width (`intermediate_size`) are written to config.json, and a uniformly pruned checkpoint loads with plain
+`AutoModelForCausalLM.from_pretrained`.
+"""
+
+from .base import Adapter, AttentionSpec, FfnSpec, StackSpec
+from .registry import register_adapter
+
+LLAMA = register_adapter(
+    Adapter(
+        model_types=("llama", "mistral", "qwen2"),
+        stacks=(
+            StackSpec(
+                name="decoder",
+                path="layers",
+                attention=(
+                    AttentionSpec(
+                        kind="attention",
+                        module="self_attn",
+                        q="q_proj",
+                        k="k_proj",
+                        v="v_proj",
+                        o="self_attn.o_proj",
+                        attributes={"num_key_value_groups": "groups"},
+                    ),
+                ),
+                ffn=FfnSpec(
+                    inputs=("mlp.gate_proj", "mlp.up_proj"),
+                    output="mlp.down_proj",
+                    attributes={"mlp": "intermediate_size"},
+                ),
+                layers_field="num_hidden_layers",
+                ffn_field="intermediate_size",
+                heads_field="num_attention_heads",
+                kv_heads_field="num_key_value_heads",
+                head_dim_field="head_dim",
+            ),
+        ),
+    )
+)

@@ -1,0 +1,47 @@
+"""Whisper: encoder self-attention, decoder self-attention and decoder cross-attention, each its own site.
+
+Whisper derives head_dim as d_model / heads, so head counts stay in pruning_config.json; uniform FFN widths go
+to `encoder_ffn_dim` / `decoder_ffn_dim`.
+"""
+
+from .base import Adapter, AttentionSpec, FfnSpec, StackSpec
+from .registry import register_adapter
+
+
+def _attention(kind: str, module: str) -> AttentionSpec:
+    return AttentionSpec(
+        kind=kind,
+        module=module,
+        q="q_proj",
+        k="k_proj",
+        v="v_proj",
+        o=f"{module}.out_proj",
+        attributes={"num_heads": "heads"},
+    )
+
+
+_FFN = FfnSpec(inputs=("fc1",), output="fc2")
+
+WHISPER = register_adapter(
+    Adapter(
+        model_types=("whisper",),
+        stacks=(
+            StackSpec(
+                name="encoder",
+                path="encoder.layers",
+                attention=(_attention("attention", "self_attn"),),
+                ffn=_FFN,
+                layers_field="encoder_layers",
+                ffn_field="encoder_ffn_dim",
+            ),
+            StackSpec(
+                name="decoder",
+                path="decoder.layers",
+                attention=(_attention("attention", "self_attn"), _attention("cross_attention", "encoder_attn")),
+                ffn=_FFN,
+                layers_field="decoder_layers",
+                ffn_field="decoder_ffn_dim",
+            ),
+        ),
+    )
+)

@@ -1,0 +1,17 @@
+"""Errors hfprune raises. Each names the thing that is wrong, so a user never has to read a torch traceback."""
+
+
+class HfpruneError(Exception):
+    """Base class of every error hfprune raises on purpose."""
+
+
+class UnsupportedModelError(HfpruneError, ValueError):
+    """The model's family has no adapter."""
+
+
+class PruningSpecError(HfpruneError, ValueError):
+    """A request to remove heads, neurons or layers that cannot be honoured (bad index, broken GQA ratio...)."""
+
+
+class CheckpointError(HfpruneError, ValueError):
+    """A checkpoint on disk is missing, malformed or disagrees with itself."""

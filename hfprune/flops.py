@@ -1,0 +1,136 @@
+"""Analytic parameter and FLOP counts, per site and per structure (one head, one KV head, one neuron).
+
+FLOPs count 2 per multiply-accumulate, for one sequence. They cover what pruning changes: the projections
+and attention matmuls of every site. Embeddings, norms and task heads are in `params` but not in `flops`.
+The per-structure figures are exact: removing a head lowers a site's params by `params_per_head` (and its
+FLOPs by `flops_per_head`), which is what a budget search spends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from .arch import AttentionSite, resolve_sites
+from .linear import in_features, out_features
+
+
+def _bias(module: nn.Module) -> int:
+    return 0 if getattr(module, "bias", None) is None else 1
+
+
+@dataclass
+class SiteCount:
+    """Counts of one site.
+
+    Attributes:
+        units: heads (attention) or neurons (ffn) left; `kv_units` KV heads left (attention).
+        params, flops: the site's totals now.
+        params_per_unit, flops_per_unit: what one query head / one neuron costs.
+        params_per_kv_unit, flops_per_kv_unit: what one KV head costs (its K and V rows).
+        fixed_params: what stays however many units go (the output bias).
+    """
+
+    name: str
+    kind: str
+    units: int
+    kv_units: int
+    params_per_unit: int
+    flops_per_unit: int
+    params_per_kv_unit: int
+    flops_per_kv_unit: int
+    fixed_params: int
+
+    @property
+    def params(self) -> int:
+        return self.fixed_params + self.units * self.params_per_unit + self.kv_units * self.params_per_kv_unit
+
+    @property
+    def flops(self) -> int:
+        return self.units * self.flops_per_unit + self.kv_units * self.flops_per_kv_unit
+
+
+@dataclass
+class ModelCount:
+    """Counts of a model. `params` is every parameter of the model; `flops` sums the sites'."""
+
+    params: int
+    sites: dict[str, SiteCount]
+    seq_len: int
+
+    @property
+    def flops(self) -> int:
+        return sum(s.flops for s in self.sites.values())
+
+    @property
+    def site_params(self) -> int:
+        return sum(s.params for s in self.sites.values())
+
+    def __str__(self) -> str:
+        rows = [f"{'site':<28}{'kind':<16}{'units':>8}{'params':>14}{'GFLOPs':>10}"]
+        for s in self.sites.values():
+            rows.append(f"{s.name:<28}{s.kind:<16}{s.units:>8}{s.params:>14,}{s.flops / 1e9:>10.3f}")
+        rows.append(f"{'total (model)':<52}{self.params:>14,}{self.flops / 1e9:>10.3f}")
+        return "\n".join(rows) + f"\n(FLOPs for one sequence of {self.seq_len} tokens/frames)"
+
+
+def _attention_count(site: AttentionSite, query_len: int, key_len: int) -> SiteCount:
+    o = site.o
+    if site.is_empty:
+        bias = o.bias.numel() if o.bias is not None else 0
+        return SiteCount(site.name, site.kind, 0, 0, 0, 0, 0, 0, bias)
+    d, hidden = site.head_dim, in_features(site.q)
+    out_dim = out_features(o)
+    q_bias = _bias(site.q)
+    k_bias, v_bias = _bias(site.k), _bias(site.v)
+    params_per_head = d * (hidden + q_bias) + d * out_dim
+    params_per_kv = d * (hidden + k_bias) + d * (hidden + v_bias)
+    flops_per_head = 2 * query_len * hidden * d + 4 * query_len * key_len * d + 2 * query_len * d * out_dim
+    flops_per_kv = 2 * 2 * key_len * hidden * d
+    fixed = out_dim * _bias(o)
+    return SiteCount(
+        site.name, site.kind, site.num_heads, site.num_kv_heads, params_per_head, flops_per_head,
+        params_per_kv, flops_per_kv, fixed,
+    )
+
+
+def _ffn_count(site, seq_len: int) -> SiteCount:
+    inputs, output = site.inputs, site.output
+    hidden = in_features(inputs[0])
+    out_dim = out_features(output)
+    params_per_neuron = sum(hidden + _bias(m) for m in inputs) + out_dim
+    flops_per_neuron = 2 * seq_len * hidden * len(inputs) + 2 * seq_len * out_dim
+    return SiteCount(site.name, "ffn", site.num_neurons, 0, params_per_neuron, flops_per_neuron, 0, 0,
+                     out_dim * _bias(output))
+
+
+def count(model: nn.Module, seq_len: int = 128, encoder_seq_len: int | None = None) -> ModelCount:
+    """Count parameters and FLOPs of `model`, in total and per site.
+
+    Args:
+        model: any supported model.
+        seq_len: tokens (or audio frames after the feature extractor) per sequence.
+        encoder_seq_len: for encoder-decoder models (Whisper), the encoder's length, also the key length of
+            cross-attention; defaults to `seq_len`.
+
+    Returns:
+        `ModelCount`: `.params`, `.flops`, and `.sites[name]` (`SiteCount`) with per-head/per-neuron costs.
+
+    Example:
+        ```python
+        >>> counts = hfprune.count(model, seq_len=128)
+        >>> counts.flops, counts.sites["encoder.0.attention"].flops_per_unit
+        ```
+    """
+    encoder_seq_len = encoder_seq_len or seq_len
+    sites = {}
+    for name, site in resolve_sites(model).items():
+        length = encoder_seq_len if site.stack.spec.name == "encoder" else seq_len
+        if isinstance(site, AttentionSite):
+            key_len = encoder_seq_len if site.kind == "cross_attention" else length
+            sites[name] = _attention_count(site, length, key_len)
+        else:
+            sites[name] = _ffn_count(site, length)
+    params = sum(p.numel() for p in model.parameters())
+    return ModelCount(params=params, sites=sites, seq_len=seq_len)

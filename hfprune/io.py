@@ -1,0 +1,293 @@
+"""Saving pruned models and loading them back, shape for shape.
+
+A checkpoint is a standard transformers directory (safetensors + config.json, updated wherever the family's
+config can express the new shapes) plus `pruning_config.json` for what it cannot: per-site kept heads and
+neurons, and kept layers, with their original indices. `from_pretrained` builds the model from the config on
+the meta device (no dense weights are allocated), reshapes it from that file, then loads the weights strictly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import transformers
+from accelerate import init_empty_weights
+from safetensors import safe_open
+
+from . import __version__
+from .arch import AttentionSite, find_stacks, prepared_adapter, resolve_sites
+from .errors import CheckpointError
+from .record import PruningRecord, ensure_record, get_record
+from .surgery import remove_heads, remove_layers, remove_neurons
+
+PRUNING_CONFIG = "pruning_config.json"
+FORMAT_VERSION = 1
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+# ----------------------------------------------------------------------------------------------- saving
+
+
+def pruning_config(model: nn.Module) -> dict:
+    """The content of pruning_config.json for `model`: every site's size, and original indices where known."""
+    record = get_record(model) or PruningRecord()
+    sites = {}
+    for name, site in resolve_sites(model).items():
+        if isinstance(site, AttentionSite):
+            entry = {"num_heads": site.num_heads, "num_kv_heads": site.num_kv_heads}
+            tables = (("heads", record.heads, site.num_heads), ("kv_heads", record.kv_heads, site.num_kv_heads))
+        else:
+            entry = {"num_neurons": site.num_neurons}
+            tables = (("neurons", record.neurons, site.num_neurons),)
+        for key, table, size in tables:
+            if name in table and len(table[name]) == size:
+                entry[key] = table[name]
+        sites[name] = entry
+    layers = {}
+    for stack in find_stacks(model):
+        entry = {"num_layers": len(stack.layers)}
+        if len(record.layers.get(stack.spec.name, ())) == len(stack.layers):
+            entry["kept"] = record.layers[stack.spec.name]
+        layers[stack.spec.name] = entry
+    return {
+        "format_version": FORMAT_VERSION,
+        "hfprune_version": __version__,
+        "model_type": model.config.model_type,
+        "layers": layers,
+        "sites": sites,
+        "recipe": record.recipe,
+        "report": record.report,
+    }
+
+
+def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, **kwargs) -> None:
+    """Save a (pruned) model so that `hfprune.from_pretrained` rebuilds it exactly.
+
+    The save is atomic: everything is written to a temporary sibling directory first and moved into place only
+    once complete, so a crash mid-save leaves the previous checkpoint intact. Other files already in
+    `save_directory` (a tokenizer, say) are kept. `model.save_pretrained(...)` on a pruned model comes here.
+
+    Args:
+        model: the model to save.
+        save_directory: target directory, created if needed.
+        kwargs: passed to transformers' `save_pretrained` (e.g. `max_shard_size`).
+    """
+    target = Path(save_directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.hfprune-{uuid.uuid4().hex[:8]}"
+    try:
+        type(model).save_pretrained(model, staging, **kwargs)  # the class method: the instance one leads here
+        if get_record(model) is not None:
+            (staging / PRUNING_CONFIG).write_text(json.dumps(pruning_config(model), indent=1))
+        _move_into_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    new_files = {p.name for p in staging.iterdir()}
+    # Weights and pruning metadata of the checkpoint being replaced must not outlive it: stale shards or a
+    # stale pruning_config.json would be read back with the new weights.
+    for old in target.iterdir():
+        stale_weights = old.name.startswith("model") and old.suffix in (".safetensors", ".json", ".bin")
+        if old.name not in new_files and (stale_weights or old.name == PRUNING_CONFIG):
+            old.unlink()
+    for name in sorted(new_files, key=lambda n: n == "config.json"):  # config last: it marks completion
+        os.replace(staging / name, target / name)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def _local_directory(path_or_repo_id: str | os.PathLike, revision: str | None, token) -> Path:
+    path = Path(path_or_repo_id)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(path_or_repo_id), revision=revision, token=token))
+    except Exception as error:  # network, auth, missing repo: one clear message naming the source
+        raise CheckpointError(
+            f"{path_or_repo_id!r} is not a local directory and could not be fetched from the Hub: {error}"
+        ) from error
+
+
+def _read_pruning_config(directory: Path) -> dict | None:
+    path = directory / PRUNING_CONFIG
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {data.get('format_version')!r}; this hfprune reads {FORMAT_VERSION}")
+    for field in ("layers", "sites"):
+        if not isinstance(data.get(field), dict):
+            raise CheckpointError(f"{path}: field {field!r} must be an object")
+    for name, entry in data["sites"].items():
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{path}: sites.{name} must be an object")
+        for key, value in entry.items():
+            if key.startswith("num_") and not (isinstance(value, int) and value >= 0):
+                raise CheckpointError(f"{path}: sites.{name}.{key} must be a non-negative integer, got {value!r}")
+            if not key.startswith("num_") and not (isinstance(value, list) and all(isinstance(i, int) for i in value)):
+                raise CheckpointError(f"{path}: sites.{name}.{key} must be a list of integers")
+    for name, entry in data["layers"].items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("num_layers"), int)):
+            raise CheckpointError(f"{path}: layers.{name}.num_layers must be an integer")
+    return data
+
+
+def _reshape(model: nn.Module, spec: dict, source: Path) -> None:
+    """Shrink a freshly built (meta) model to the sizes in `spec`. Which indices go does not matter: the
+    weights loaded next carry the values."""
+    for stack in find_stacks(model):
+        wanted = spec["layers"].get(stack.spec.name, {}).get("num_layers", len(stack.layers))
+        if wanted > len(stack.layers):
+            raise CheckpointError(
+                f"{source}: layers.{stack.spec.name}.num_layers is {wanted} but config.json builds {len(stack.layers)}"
+            )
+        remove_layers(model, [f"{stack.spec.name}.{i}" for i in range(wanted, len(stack.layers))])
+    all_sites = resolve_sites(model)
+    unknown = sorted(set(spec["sites"]) - set(all_sites))
+    if unknown:
+        raise CheckpointError(f"{source}: sites {unknown} do not exist in a {model.config.model_type} model built from config.json")
+    heads, neurons = {}, {}
+    for name, entry in spec["sites"].items():
+        site = all_sites[name]
+        if isinstance(site, AttentionSite):
+            heads[name] = _heads_to_remove(site, entry, source)
+        else:
+            wanted = entry.get("num_neurons", site.num_neurons)
+            if wanted > site.num_neurons:
+                raise CheckpointError(f"{source}: sites.{name}.num_neurons is {wanted}, more than the {site.num_neurons} config.json builds")
+            neurons[name] = range(wanted, site.num_neurons)
+    remove_heads(model, heads)
+    remove_neurons(model, neurons)
+
+
+def _heads_to_remove(site: AttentionSite, entry: dict, source: Path) -> list[int]:
+    heads, kv_heads = entry.get("num_heads", site.num_heads), entry.get("num_kv_heads", site.num_kv_heads)
+    if heads > site.num_heads or kv_heads > site.num_kv_heads or (heads and (not kv_heads or heads % kv_heads)):
+        raise CheckpointError(
+            f"{source}: sites.{site.name} asks for {heads} heads over {kv_heads} KV heads, which a site with "
+            f"{site.num_heads} heads over {site.num_kv_heads} KV heads cannot become"
+        )
+    group = site.num_heads // site.num_kv_heads
+    if heads == 0:
+        return list(range(site.num_heads))
+    per_group = heads // kv_heads
+    return [h for h in range(site.num_heads) if h // group >= kv_heads or h % group >= per_group]
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    single, index = (directory / name for name in _WEIGHT_FILES)
+    if single.exists():
+        return [single]
+    if index.exists():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as error:
+            raise CheckpointError(f"{index} is malformed: {error}") from error
+        missing = [s for s in shards if not (directory / s).exists()]
+        if missing:
+            raise CheckpointError(f"{directory}: weight shards listed in {index.name} are missing: {missing}")
+        return [directory / s for s in shards]
+    raise CheckpointError(f"{directory} has no weights: expected {' or '.join(_WEIGHT_FILES)}")
+
+
+def _load_weights(model: nn.Module, directory: Path) -> None:
+    expected = model.state_dict()
+    loaded: dict[str, torch.Tensor] = {}
+    for file in _weight_files(directory):
+        try:
+            with safe_open(str(file), framework="pt") as reader:
+                for key in reader.keys():
+                    if key in expected and tuple(reader.get_slice(key).get_shape()) != tuple(expected[key].shape):
+                        raise CheckpointError(
+                            f"{file.name}: tensor {key} has shape {tuple(reader.get_slice(key).get_shape())} but "
+                            f"the model described by config.json and {PRUNING_CONFIG} needs {tuple(expected[key].shape)}"
+                        )
+                    loaded[key] = reader.get_tensor(key)
+        except CheckpointError:
+            raise
+        except Exception as error:
+            raise CheckpointError(f"{file} could not be read as safetensors: {error}") from error
+    unexpected = sorted(set(loaded) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{directory}: the weights hold tensors the model does not have: {unexpected[:8]}")
+    model.load_state_dict(loaded, strict=False, assign=True)
+    model.tie_weights()
+    still_empty = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
+    if still_empty:
+        raise CheckpointError(f"{directory}: the weights lack tensors the model needs: {still_empty[:8]}")
+
+
+def _model_class(config, model_class):
+    if model_class is not None:
+        return model_class
+    architectures = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, architectures[0], None) if architectures else None
+    if cls is None:
+        raise CheckpointError(f"config.json names no transformers architecture ({architectures}); pass model_class=")
+    return cls
+
+
+def from_pretrained(
+    path_or_repo_id: str | os.PathLike,
+    model_class: type | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """Load any checkpoint saved by hfprune (pruned or not), from a local directory or a Hub repo id.
+
+    Args:
+        path_or_repo_id: local directory or Hub repository id.
+        model_class: the transformers class to build; defaults to `config.architectures[0]`.
+        revision, token: passed to the Hub download when `path_or_repo_id` is a repo id.
+        device: where to put the model (default: CPU).
+
+    Returns:
+        The model in eval mode, with the pruning record attached (so a later save keeps it).
+
+    Example:
+        ```python
+        >>> model = hfprune.from_pretrained("out/bert-pruned")
+        ```
+    """
+    directory = _local_directory(path_or_repo_id, revision, token)
+    if not (directory / "config.json").exists():
+        raise CheckpointError(f"{directory} has no config.json")
+    config = transformers.AutoConfig.from_pretrained(directory)
+    spec = _read_pruning_config(directory)
+    cls = _model_class(config, model_class)
+    with init_empty_weights(include_buffers=False):
+        model = cls._from_config(config)
+    prepared_adapter(model)
+    if spec is not None:
+        _reshape(model, spec, directory / PRUNING_CONFIG)
+    _load_weights(model, directory)
+    if spec is not None:
+        record = ensure_record(model)
+        record.heads = {n: e["heads"] for n, e in spec["sites"].items() if "heads" in e}
+        record.kv_heads = {n: e["kv_heads"] for n, e in spec["sites"].items() if "kv_heads" in e}
+        record.neurons = {n: e["neurons"] for n, e in spec["sites"].items() if "neurons" in e}
+        record.layers = {n: e["kept"] for n, e in spec["layers"].items() if "kept" in e}
+        record.recipe, record.report = spec.get("recipe"), spec.get("report")
+    if (directory / "generation_config.json").exists() and hasattr(model, "generation_config"):
+        model.generation_config = transformers.GenerationConfig.from_pretrained(directory)
+    return model.to(device or "cpu").eval()

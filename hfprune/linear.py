@@ -1,0 +1,66 @@
+"""The one surgery primitive: keep a subset of a projection's inputs or outputs, in place.
+
+Works on `nn.Linear`, transformers' `Conv1D` (GPT-2, weight stored transposed) and `nn.Conv1d`. The module
+object is kept (hooks, references and parametrizations held by others stay valid); only its parameters are
+replaced, with the same dtype, device and `requires_grad`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from transformers.pytorch_utils import Conv1D
+
+# For each supported class: (dimension of weight holding outputs, dimension holding inputs,
+# attribute with the output count, attribute with the input count).
+_LAYOUT = {
+    nn.Linear: (0, 1, "out_features", "in_features"),
+    Conv1D: (1, 0, "nf", "nx"),
+    nn.Conv1d: (0, 1, "out_channels", "in_channels"),
+}
+
+
+def _layout(module: nn.Module):
+    for cls, layout in _LAYOUT.items():
+        if isinstance(module, cls):
+            return layout
+    raise TypeError(f"hfprune cannot slice a {type(module).__name__}; supported: Linear, Conv1D, Conv1d")
+
+
+def out_features(module: nn.Module) -> int:
+    out_dim, _, _, _ = _layout(module)
+    return module.weight.shape[out_dim]
+
+
+def in_features(module: nn.Module) -> int:
+    _, in_dim, _, _ = _layout(module)
+    return module.weight.shape[in_dim]
+
+
+def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    old = getattr(module, name)
+    setattr(module, name, nn.Parameter(value.contiguous(), requires_grad=old.requires_grad))
+
+
+@torch.no_grad()
+def keep_outputs(module: nn.Module, keep: torch.Tensor) -> None:
+    """Keep only the output features `keep` (indices, in order) of `module`."""
+    out_dim, _, out_attr, _ = _layout(module)
+    if isinstance(module, nn.Conv1d) and module.groups != 1:
+        raise TypeError("hfprune cannot slice a grouped Conv1d")
+    keep = keep.to(module.weight.device)
+    _replace(module, "weight", module.weight.index_select(out_dim, keep))
+    if module.bias is not None:
+        _replace(module, "bias", module.bias.index_select(0, keep))
+    setattr(module, out_attr, len(keep))
+
+
+@torch.no_grad()
+def keep_inputs(module: nn.Module, keep: torch.Tensor) -> None:
+    """Keep only the input features `keep` (indices, in order) of `module`; the bias is untouched."""
+    _, in_dim, _, in_attr = _layout(module)
+    if isinstance(module, nn.Conv1d) and module.groups != 1:
+        raise TypeError("hfprune cannot slice a grouped Conv1d")
+    keep = keep.to(module.weight.device)
+    _replace(module, "weight", module.weight.index_select(in_dim, keep))
+    setattr(module, in_attr, len(keep))

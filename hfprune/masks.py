@@ -1,0 +1,92 @@
+"""Soft gates on heads and FFN neurons, as forward pre-hooks that are always removed.
+
+A head gate scales the head's slice of the input of the output projection; a neuron gate scales the input of
+the down projection. Gating a structure to 0 is exactly what removing it computes, which is why the surgery
+tests compare a gated model with a pruned one, and why importance criteria can differentiate through gates.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .arch import AttentionSite, resolve_sites
+
+
+class SoftMasks:
+    """Attach per-head and per-neuron gates (all ones) to `model` for the life of a `with` block.
+
+    Args:
+        model: any supported model.
+        heads: gate attention heads.
+        neurons: gate FFN neurons.
+        requires_grad: make the gates leaf tensors that collect gradients (for Taylor/Fisher scores).
+
+    Attributes:
+        heads: site name -> gate tensor of shape `(num_heads,)`.
+        neurons: site name -> gate tensor of shape `(num_neurons,)`.
+
+    Example:
+        ```python
+        >>> with hfprune.SoftMasks(model) as masks:
+        ...     masks.heads["encoder.0.attention"][3] = 0.0
+        ...     logits = model(**batch).logits   # as if head 3 of layer 0 were removed
+        ```
+    """
+
+    def __init__(self, model: nn.Module, heads: bool = True, neurons: bool = True, requires_grad: bool = False):
+        self.model = model
+        self.heads: dict[str, torch.Tensor] = {}
+        self.neurons: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+        device = next(model.parameters()).device
+        for name, site in resolve_sites(model).items():
+            if isinstance(site, AttentionSite):
+                if heads and not site.is_empty:
+                    self.heads[name] = torch.ones(site.num_heads, device=device, requires_grad=requires_grad)
+            elif neurons:
+                self.neurons[name] = torch.ones(site.num_neurons, device=device, requires_grad=requires_grad)
+        self._sites = resolve_sites(model)
+
+    def _head_hook(self, name: str):
+        def hook(module, args):
+            context, *rest = args
+            gate = self.heads[name].to(context.dtype)
+            heads = gate.shape[0]
+            gated = (context.unflatten(-1, (heads, -1)) * gate[:, None]).flatten(-2)
+            return (gated, *rest)
+
+        return hook
+
+    def _neuron_hook(self, name: str):
+        def hook(module, args):
+            activations, *rest = args
+            return (activations * self.neurons[name].to(activations.dtype), *rest)
+
+        return hook
+
+    def attach(self) -> "SoftMasks":
+        if self._handles:
+            return self
+        for name in self.heads:
+            self._handles.append(self._sites[name].o.register_forward_pre_hook(self._head_hook(name)))
+        for name in self.neurons:
+            self._handles.append(self._sites[name].output.register_forward_pre_hook(self._neuron_hook(name)))
+        return self
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> "SoftMasks":
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def zeros(self) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+        """The heads and neurons whose gate is exactly 0, as removal requests for `remove_heads`/`remove_neurons`."""
+        heads = {n: torch.nonzero(g == 0).flatten().tolist() for n, g in self.heads.items()}
+        neurons = {n: torch.nonzero(g == 0).flatten().tolist() for n, g in self.neurons.items()}
+        return heads, neurons
