@@ -85,6 +85,10 @@ def _attention_count(site: AttentionSite, query_len: int, key_len: int) -> SiteC
     q_bias = _bias(site.q)
     k_bias, v_bias = _bias(site.k), _bias(site.v)
     params_per_head = d * (hidden + q_bias) + d * out_dim
+    for name in site.spec.head_tensors:  # per-head parameters beside the projections (WavLM's gate constants)
+        tensor = getattr(site.module, name)
+        if isinstance(tensor, nn.Parameter) and site.num_heads:
+            params_per_head += tensor.numel() // site.num_heads
     params_per_kv = d * (hidden + k_bias) + d * (hidden + v_bias)
     flops_per_head = 2 * query_len * hidden * d + 4 * query_len * key_len * d + 2 * query_len * d * out_dim
     flops_per_kv = 2 * 2 * key_len * hidden * d

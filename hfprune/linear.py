@@ -64,3 +64,14 @@ def keep_inputs(module: nn.Module, keep: torch.Tensor) -> None:
     keep = keep.to(module.weight.device)
     _replace(module, "weight", module.weight.index_select(in_dim, keep))
     setattr(module, in_attr, len(keep))
+
+
+@torch.no_grad()
+def keep_along(module: nn.Module, name: str, dim: int, keep: torch.Tensor) -> None:
+    """Keep entries `keep` along `dim` of the parameter or buffer `name` of `module` (per-head tensors)."""
+    tensor = getattr(module, name)
+    sliced = tensor.index_select(dim, keep.to(tensor.device))
+    if isinstance(tensor, nn.Parameter):
+        _replace(module, name, sliced)
+    else:
+        setattr(module, name, sliced)

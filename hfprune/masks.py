@@ -42,7 +42,7 @@ class SoftMasks:
         device = next(model.parameters()).device
         for name, site in resolve_sites(model).items():
             if isinstance(site, AttentionSite):
-                if heads and not site.is_empty:
+                if heads and site.num_heads:
                     self.heads[name] = torch.ones(site.num_heads, device=device, requires_grad=requires_grad)
             elif neurons:
                 self.neurons[name] = torch.ones(site.num_neurons, device=device, requires_grad=requires_grad)

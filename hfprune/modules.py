@@ -36,8 +36,9 @@ class EmptyAttention(nn.Module):
     module, it is kept as a `BiasOnly` child under its original name; otherwise the module returns a zero-width
     tensor for the (separately replaced) outer projection.
 
-    A decoder's self-attention still appends zero-head keys/values to the KV cache, because transformers reads
-    the sequence length already seen from the cache of layer 0 when it places the next tokens.
+    A decoder's self-attention still appends keys/values for one all-zero head to the KV cache, because
+    transformers reads the sequence length already seen from the cache (of layer 0) to place the next tokens,
+    and a cache layer holding zero elements reports length 0. Nothing reads the values.
     """
 
     def __init__(self, head_dim: int, layer_idx: int | None, updates_cache: bool, output: tuple[str, BiasOnly] | None):
@@ -55,8 +56,8 @@ class EmptyAttention(nn.Module):
         if self.updates_cache and cache is not None and self.layer_idx is not None:
             cache = getattr(cache, "self_attention_cache", cache)  # EncoderDecoderCache
             batch, length = hidden_states.shape[0], hidden_states.shape[1]
-            empty = hidden_states.new_zeros(batch, 0, length, self.head_dim)
-            cache.update(empty, empty, self.layer_idx)
+            placeholder = hidden_states.new_zeros(batch, 1, length, self.head_dim)
+            cache.update(placeholder, placeholder, self.layer_idx)
         context = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
         if self.output_name is None:
             return context, None

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from .arch import AttentionSite, FfnSite, find_stacks, prepared_adapter, resolve_sites
 from .errors import PruningSpecError
-from .linear import keep_inputs, keep_outputs, out_features
+from .linear import keep_along, keep_inputs, keep_outputs, out_features
 from .modules import BiasOnly, EmptyAttention
 from .record import ensure_record
 
@@ -121,6 +121,9 @@ def _shrink_attention(site: AttentionSite, kept_heads: list[int], kept_kv: list[
             keep_outputs(site.k, kv_index)
             keep_outputs(site.v, kv_index)
     keep_inputs(site.o, q_index)
+    head_index = torch.tensor(kept_heads, dtype=torch.long)
+    for name, dim in site.spec.head_tensors.items():
+        keep_along(site.module, name, dim, head_index)
     _sync_attributes(site, len(kept_heads), len(kept_kv))
 
 
@@ -152,7 +155,7 @@ def remove_heads(model: nn.Module, heads: Mapping[str, Iterable[int]]) -> None:
     for site, removed, kept_heads, kept_kv in plan:
         record.keep("heads", site.name, site.num_heads, kept_heads)
         record.keep("kv_heads", site.name, site.num_kv_heads, kept_kv)
-        if kept_heads:
+        if kept_heads or not site.spec.replace_when_empty:
             _shrink_attention(site, kept_heads, kept_kv)
         else:
             _empty_attention(site)
@@ -224,6 +227,8 @@ def remove_layers(model: nn.Module, layers: Iterable[str]) -> None:
         size = len(stack.layers)
         kept = [i for i in range(size) if i not in indices]
         record.keep_layers(stack_name, size, kept)
+        if 0 in indices:
+            _hand_over_first_layer_modules(stack, kept[0])
         for index in sorted(indices, reverse=True):
             del stack.layers[index]
         # Caches are indexed by layer_idx: renumber so the KV cache stays dense and in order.
@@ -235,6 +240,11 @@ def remove_layers(model: nn.Module, layers: Iterable[str]) -> None:
         if isinstance(layer_types, list) and len(layer_types) == size:
             config.layer_types = [layer_types[i] for i in kept]
     sync_config(model)
+
+
+def _hand_over_first_layer_modules(stack, new_first: int) -> None:
+    for path in stack.spec.first_layer_modules:
+        stack.layers[new_first].set_submodule(path, stack.layers[0].get_submodule(path))
 
 
 def _uniform(values: list[int]) -> int | None:

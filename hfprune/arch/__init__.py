@@ -1,6 +1,6 @@
 """Architecture adapters: one file per family, each registering itself in `registry.ADAPTERS`."""
 
-from . import bert, distilbert, gpt2, llama, wav2vec2, whisper  # noqa: F401  (registration side effects)
+from . import bert, distilbert, gpt2, llama, wav2vec2, wavlm, whisper  # noqa: F401  (registration side effects)
 from .registry import ADAPTERS, get_adapter, register_adapter, supported_model_types
 from .sites import AttentionSite, FfnSite, Site, find_stacks, prepared_adapter, resolve_sites
 

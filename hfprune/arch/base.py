@@ -31,6 +31,9 @@ class AttentionSpec:
         attributes: module attribute -> quantity it equals after surgery, one of `HEAD_QUANTITIES`
             (`width` = heads * head_dim, `groups` = heads // kv_heads).
         optional: the block exists only in some configs (BERT used as a decoder with cross-attention).
+        head_tensors: other parameters/buffers of `module` indexed by head, `{name: dim}`, sliced with the heads.
+        replace_when_empty: replace `module` by `EmptyAttention` when it loses every head. Families whose
+            module computes zero heads correctly itself (and must keep returning extra outputs) set False.
     """
 
     kind: str
@@ -43,6 +46,8 @@ class AttentionSpec:
     attributes: dict[str, str] = field(default_factory=dict)
     fused_qkv: bool = False
     optional: bool = False
+    head_tensors: dict[str, int] = field(default_factory=dict)
+    replace_when_empty: bool = True
 
     def __post_init__(self):
         bad = {a: q for a, q in self.attributes.items() if q not in HEAD_QUANTITIES}
@@ -78,6 +83,8 @@ class StackSpec:
         ffn_field: config field with the FFN width, written when every layer has the same width.
         heads_field, kv_heads_field, head_dim_field: config fields for head counts. Only families whose config
             can express a head count independently of `hidden_size` set them (Llama-family carries `head_dim`).
+        first_layer_modules: modules that only the first layer holds but every layer uses (WavLM's relative
+            position embedding); when layer 0 is removed they move to the new first layer.
     """
 
     name: str
@@ -89,6 +96,7 @@ class StackSpec:
     heads_field: str | None = None
     kv_heads_field: str | None = None
     head_dim_field: str | None = None
+    first_layer_modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
