@@ -186,10 +186,14 @@ def _heads_to_remove(site: AttentionSite, entry: dict, source: Path) -> list[int
             f"{source}: sites.{site.name} asks for {heads} heads over {kv_heads} KV heads, which a site with "
             f"{site.num_heads} heads over {site.num_kv_heads} KV heads cannot become"
         )
+    if heads == site.num_heads:
+        return []
+    kept = entry.get("heads")
+    if kept is not None and len(kept) == heads and all(0 <= h < site.num_heads for h in kept):
+        # The dense site was built: remove what was removed, so head identity (WavLM's head_index) is restored.
+        return [h for h in range(site.num_heads) if h not in set(kept)]
     group = site.num_heads // site.num_kv_heads
-    if heads == 0:
-        return list(range(site.num_heads))
-    per_group = heads // kv_heads
+    per_group = heads // kv_heads if kv_heads else 0
     return [h for h in range(site.num_heads) if h // group >= kv_heads or h % group >= per_group]
 
 

@@ -158,3 +158,42 @@ def test_removing_a_layer_equals_the_stock_model_without_it(family, removed):
     stock = type(model)(copy.deepcopy(model.config)).eval()
     stock.load_state_dict(model.state_dict(), strict=True)
     assert torch.equal(outputs(model, family), outputs(stock, family))
+
+
+TASK_MODELS = [
+    ("bert", "BertForMaskedLM"), ("bert", "BertForTokenClassification"), ("bert", "BertModel"),
+    ("roberta", "RobertaForMaskedLM"), ("distilbert", "DistilBertForQuestionAnswering"),
+    ("gpt2", "GPT2ForSequenceClassification"), ("llama", "LlamaForSequenceClassification"),
+    ("qwen2", "Qwen2Model"), ("wav2vec2", "Wav2Vec2ForSequenceClassification"),
+    ("hubert", "HubertModel"), ("wavlm", "WavLMForSequenceClassification"),
+    ("whisper", "WhisperForAudioClassification"), ("whisper", "WhisperModel"),
+]
+
+
+@pytest.mark.parametrize("family, model_class", TASK_MODELS)
+def test_task_heads(family, model_class, tmp_path):
+    import transformers
+
+    base = build(family, pad_token_id=0)
+    model = getattr(transformers, model_class)(base.config).eval()
+    batch = inputs(family)
+    if model_class == "WhisperForAudioClassification":
+        batch.pop("decoder_input_ids")
+
+    def first_output(m):
+        with torch.no_grad():
+            result = m(**batch)
+        return result[0]
+
+    heads, neurons = removal_plan(model, seed=3)
+    with hfprune.SoftMasks(model) as masks:
+        for name, indices in heads.items():
+            masks.heads[name][indices] = 0.0
+        for name, indices in neurons.items():
+            masks.neurons[name][indices] = 0.0
+        expected = first_output(model)
+    hfprune.remove_heads(model, heads)
+    hfprune.remove_neurons(model, neurons)
+    assert torch.allclose(first_output(model), expected, atol=ATOL)
+    hfprune.save_pretrained(model, tmp_path)
+    assert torch.equal(first_output(hfprune.from_pretrained(tmp_path)), first_output(model))
