@@ -67,6 +67,15 @@ class ModelCount:
     def site_params(self) -> int:
         return sum(s.params for s in self.sites.values())
 
+    def per_layer(self) -> dict[str, tuple[int, int]]:
+        """`{"encoder.0": (params, flops), ...}`: the sites of each layer added up."""
+        layers: dict[str, tuple[int, int]] = {}
+        for site in self.sites.values():
+            layer = site.name.rsplit(".", 1)[0]
+            params, flops = layers.get(layer, (0, 0))
+            layers[layer] = (params + site.params, flops + site.flops)
+        return layers
+
     def __str__(self) -> str:
         rows = [f"{'site':<28}{'kind':<16}{'units':>8}{'params':>14}{'GFLOPs':>10}"]
         for s in self.sites.values():

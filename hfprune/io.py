@@ -133,7 +133,8 @@ def _read_pruning_config(directory: Path) -> dict | None:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
     if data.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {data.get('format_version')!r}; this hfprune reads {FORMAT_VERSION}")
+        found = data.get("format_version")
+        raise CheckpointError(f"{path}: format_version {found!r}; this hfprune reads {FORMAT_VERSION}")
     for field in ("layers", "sites"):
         if not isinstance(data.get(field), dict):
             raise CheckpointError(f"{path}: field {field!r} must be an object")
@@ -164,7 +165,9 @@ def _reshape(model: nn.Module, spec: dict, source: Path) -> None:
     all_sites = resolve_sites(model)
     unknown = sorted(set(spec["sites"]) - set(all_sites))
     if unknown:
-        raise CheckpointError(f"{source}: sites {unknown} do not exist in a {model.config.model_type} model built from config.json")
+        raise CheckpointError(
+            f"{source}: sites {unknown} do not exist in a {model.config.model_type} model built from config.json"
+        )
     heads, neurons = {}, {}
     for name, entry in spec["sites"].items():
         site = all_sites[name]
@@ -173,7 +176,10 @@ def _reshape(model: nn.Module, spec: dict, source: Path) -> None:
         else:
             wanted = entry.get("num_neurons", site.num_neurons)
             if wanted > site.num_neurons:
-                raise CheckpointError(f"{source}: sites.{name}.num_neurons is {wanted}, more than the {site.num_neurons} config.json builds")
+                raise CheckpointError(
+                    f"{source}: sites.{name}.num_neurons is {wanted}, "
+                    f"more than the {site.num_neurons} that config.json builds"
+                )
             neurons[name] = range(wanted, site.num_neurons)
     remove_heads(model, heads)
     remove_neurons(model, neurons)
@@ -221,9 +227,10 @@ def _load_weights(model: nn.Module, directory: Path) -> None:
             with safe_open(str(file), framework="pt") as reader:
                 for key in reader.keys():
                     if key in expected and tuple(reader.get_slice(key).get_shape()) != tuple(expected[key].shape):
+                        found, needed = tuple(reader.get_slice(key).get_shape()), tuple(expected[key].shape)
                         raise CheckpointError(
-                            f"{file.name}: tensor {key} has shape {tuple(reader.get_slice(key).get_shape())} but "
-                            f"the model described by config.json and {PRUNING_CONFIG} needs {tuple(expected[key].shape)}"
+                            f"{file.name}: tensor {key} has shape {found} but the model described by config.json "
+                            f"and {PRUNING_CONFIG} needs {needed}"
                         )
                     loaded[key] = reader.get_tensor(key)
         except CheckpointError:

@@ -65,7 +65,7 @@ class SoftMasks:
 
         return hook
 
-    def attach(self) -> "SoftMasks":
+    def attach(self) -> SoftMasks:
         if self._handles:
             return self
         for name in self.heads:
@@ -79,7 +79,7 @@ class SoftMasks:
             handle.remove()
         self._handles.clear()
 
-    def __enter__(self) -> "SoftMasks":
+    def __enter__(self) -> SoftMasks:
         return self.attach()
 
     def __exit__(self, *exc) -> None:

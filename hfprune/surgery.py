@@ -148,11 +148,11 @@ def remove_heads(model: nn.Module, heads: Mapping[str, Iterable[int]]) -> None:
         site = _site(all_sites, name, AttentionSite, "attention")
         removed = _checked_indices(name, "head", indices, site.num_heads)
         if removed:
-            plan.append((site, removed, *_gqa_keep(site, removed)))
+            plan.append((site, *_gqa_keep(site, removed)))
     if not plan:
         return
     record = ensure_record(model)
-    for site, removed, kept_heads, kept_kv in plan:
+    for site, kept_heads, kept_kv in plan:
         record.keep("heads", site.name, site.num_heads, kept_heads)
         record.keep("kv_heads", site.name, site.num_kv_heads, kept_kv)
         if kept_heads or not site.spec.replace_when_empty:

@@ -116,7 +116,7 @@ def test_save_and_reload_identical(family, tmp_path):
     reloaded = hfprune.from_pretrained(tmp_path / "saved")
     assert hfprune.sites(reloaded) == hfprune.sites(pruned)
     assert torch.equal(outputs(reloaded, family), expected)
-    for (name, a), (_, b) in zip(pruned.state_dict().items(), reloaded.state_dict().items()):
+    for (name, a), (_, b) in zip(pruned.state_dict().items(), reloaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     # Saving the reloaded model again keeps the original indices of what was kept.
     hfprune.save_pretrained(reloaded, tmp_path / "again")
@@ -197,3 +197,14 @@ def test_task_heads(family, model_class, tmp_path):
     assert torch.allclose(first_output(model), expected, atol=ATOL)
     hfprune.save_pretrained(model, tmp_path)
     assert torch.equal(first_output(hfprune.from_pretrained(tmp_path)), first_output(model))
+
+
+def test_count_per_layer_adds_up():
+    counts = hfprune.count(build("whisper"), seq_len=6, encoder_seq_len=16)
+    layers = counts.per_layer()
+    assert list(layers) == ["encoder.0", "encoder.1", "decoder.0", "decoder.1"]
+    assert sum(flops for _, flops in layers.values()) == counts.flops
+    # Cross-attention keys come from the encoder: its K/V cost scales with the encoder length.
+    cross = counts.sites["decoder.0.cross_attention"]
+    assert cross.flops_per_kv_unit == 2 * 2 * 16 * 32 * 8
+    assert "decoder.1.cross_attention" in str(counts)

@@ -7,8 +7,8 @@ through the generic code in `hfprune.surgery` / `hfprune.masks`. Adding a family
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch.nn as nn
 
