@@ -152,3 +152,14 @@ def test_sharded_checkpoint_reloads(tmp_path):
     hfprune.save_pretrained(model, tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").exists()
     assert torch.equal(logits(hfprune.from_pretrained(tmp_path), "gpt2"), logits(model, "gpt2"))
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert", "gpt2", "wav2vec2", "wavlm", "whisper"])
+def test_uniform_ffn_and_layer_pruning_loads_without_hfprune(family, tmp_path):
+    model = build(family)
+    names = hfprune.sites(model)
+    hfprune.remove_neurons(model, {n: list(range(0, 37, 4)) for n, k in names.items() if k == "ffn"})
+    hfprune.remove_layers(model, [next(iter(names)).split(".")[0] + ".0"])
+    hfprune.save_pretrained(model, tmp_path)
+    plain = type(model).from_pretrained(tmp_path).eval()
+    assert torch.equal(logits(plain, family), logits(model, family))
