@@ -21,6 +21,8 @@ _LAYOUT = {
 
 
 def _layout(module: nn.Module):
+    if isinstance(module, nn.Conv1d) and module.groups != 1:
+        raise TypeError("hfprune cannot slice a grouped Conv1d")
     for cls, layout in _LAYOUT.items():
         if isinstance(module, cls):
             return layout
@@ -46,8 +48,6 @@ def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
 def keep_outputs(module: nn.Module, keep: torch.Tensor) -> None:
     """Keep only the output features `keep` (indices, in order) of `module`."""
     out_dim, _, out_attr, _ = _layout(module)
-    if isinstance(module, nn.Conv1d) and module.groups != 1:
-        raise TypeError("hfprune cannot slice a grouped Conv1d")
     keep = keep.to(module.weight.device)
     _replace(module, "weight", module.weight.index_select(out_dim, keep))
     if module.bias is not None:
@@ -59,8 +59,6 @@ def keep_outputs(module: nn.Module, keep: torch.Tensor) -> None:
 def keep_inputs(module: nn.Module, keep: torch.Tensor) -> None:
     """Keep only the input features `keep` (indices, in order) of `module`; the bias is untouched."""
     _, in_dim, _, in_attr = _layout(module)
-    if isinstance(module, nn.Conv1d) and module.groups != 1:
-        raise TypeError("hfprune cannot slice a grouped Conv1d")
     keep = keep.to(module.weight.device)
     _replace(module, "weight", module.weight.index_select(in_dim, keep))
     setattr(module, in_attr, len(keep))

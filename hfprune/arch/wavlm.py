@@ -10,12 +10,15 @@ so soft masks can hook it. Parameter names are unchanged, so stock checkpoints l
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn as nn
 from transformers.models.wavlm.modeling_wavlm import WavLMAttention
 
-from .base import Adapter, AttentionSpec, FfnSpec, StackSpec
+from .base import Adapter
 from .registry import register_adapter
+from .wav2vec2 import ENCODER
 
 
 class PrunableWavLMAttention(WavLMAttention):
@@ -57,32 +60,16 @@ def _prepare(model: nn.Module) -> None:
             module.register_buffer("head_index", index, persistent=False)
 
 
+_ATTENTION = replace(
+    ENCODER.attention[0],
+    head_tensors={"gru_rel_pos_const": 1, "head_index": 0},
+    replace_when_empty=False,  # the module computes zero heads itself and must keep returning the position bias
+)
+
 WAVLM = register_adapter(
     Adapter(
         model_types=("wavlm",),
         prepare=_prepare,
-        stacks=(
-            StackSpec(
-                name="encoder",
-                path="encoder.layers",
-                attention=(
-                    AttentionSpec(
-                        kind="attention",
-                        module="attention",
-                        q="q_proj",
-                        k="k_proj",
-                        v="v_proj",
-                        o="attention.out_proj",
-                        attributes={"num_heads": "heads"},
-                        head_tensors={"gru_rel_pos_const": 1, "head_index": 0},
-                        replace_when_empty=False,
-                    ),
-                ),
-                ffn=FfnSpec(inputs=("feed_forward.intermediate_dense",), output="feed_forward.output_dense"),
-                layers_field="num_hidden_layers",
-                ffn_field="intermediate_size",
-                first_layer_modules=("attention.rel_attn_embed",),
-            ),
-        ),
+        stacks=(replace(ENCODER, attention=(_ATTENTION,), first_layer_modules=("attention.rel_attn_embed",)),),
     )
 )
