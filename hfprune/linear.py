@@ -73,3 +73,9 @@ def keep_along(module: nn.Module, name: str, dim: int, keep: torch.Tensor) -> No
         _replace(module, name, sliced)
     else:
         setattr(module, name, sliced)
+
+
+def weight_out_in(module: nn.Module) -> torch.Tensor:
+    """The weight as an `(out_features, in_features[, kernel])` view, whatever the layout."""
+    out_dim, _, _, _ = _layout(module)
+    return module.weight if out_dim == 0 else module.weight.t()

@@ -21,6 +21,8 @@ class SoftMasks:
         heads: gate attention heads.
         neurons: gate FFN neurons.
         requires_grad: make the gates leaf tensors that collect gradients (for Taylor/Fisher scores).
+        observer: optional `observer(kind, site_name, values)` called with what each gate sees: `("heads", name,
+            context of shape (..., heads, head_dim))` and `("neurons", name, activations (..., neurons))`.
 
     Attributes:
         heads: site name -> gate tensor of shape `(num_heads,)`.
@@ -34,8 +36,16 @@ class SoftMasks:
         ```
     """
 
-    def __init__(self, model: nn.Module, heads: bool = True, neurons: bool = True, requires_grad: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        heads: bool = True,
+        neurons: bool = True,
+        requires_grad: bool = False,
+        observer=None,
+    ):
         self.model = model
+        self.observer = observer
         self.heads: dict[str, torch.Tensor] = {}
         self.neurons: dict[str, torch.Tensor] = {}
         self._handles: list = []
@@ -52,15 +62,18 @@ class SoftMasks:
         def hook(module, args):
             context, *rest = args
             gate = self.heads[name].to(context.dtype)
-            heads = gate.shape[0]
-            gated = (context.unflatten(-1, (heads, -1)) * gate[:, None]).flatten(-2)
-            return (gated, *rest)
+            per_head = context.unflatten(-1, (gate.shape[0], -1))
+            if self.observer is not None:
+                self.observer("heads", name, per_head)
+            return ((per_head * gate[:, None]).flatten(-2), *rest)
 
         return hook
 
     def _neuron_hook(self, name: str):
         def hook(module, args):
             activations, *rest = args
+            if self.observer is not None:
+                self.observer("neurons", name, activations)
             return (activations * self.neurons[name].to(activations.dtype), *rest)
 
         return hook

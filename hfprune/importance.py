@@ -1,0 +1,250 @@
+"""Importance criteria for heads and FFN neurons, registered by name, all computed through `SoftMasks`.
+
+A criterion maps `(model, batches)` to `Scores`: one score per head and per neuron of every site, higher
+meaning more important. Gradient criteria also keep the per-batch gate gradients, which the mask
+rearrangement step of the search uses (Kwon et al. 2022).
+
+Sources:
+- magnitude: L2 norm of a head's q/k/v rows and o columns; of a neuron's up (gate) rows and down column.
+- activation: mean |activation| of a neuron; mean L2 norm of a head's context vector, over real tokens.
+- taylor (Michel et al. 2019, "Are Sixteen Heads Really Better than One?"): E_batches |dL/d gate|.
+- fisher (Kwon et al. 2022, "A Fast Post-Training Pruning Framework for Transformers"): sum_batches (dL/d gate)^2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .arch import AttentionSite, resolve_sites
+from .errors import HfpruneError
+from .linear import weight_out_in
+from .masks import SoftMasks
+
+
+class CalibrationError(HfpruneError, ValueError):
+    """Calibration data that cannot drive the chosen criterion."""
+
+
+@dataclass
+class Scores:
+    """Importance of every head and neuron.
+
+    Attributes:
+        heads: site name -> `(num_heads,)` scores.
+        neurons: site name -> `(num_neurons,)` scores.
+        comparable: whether head and neuron scores share a scale (both estimate the same loss change), so a
+            search may trade heads against neurons. Magnitude and activation scores are not comparable.
+        head_grads, neuron_grads: site name -> `(num_batches, units)` gate gradients, for gradient criteria.
+    """
+
+    heads: dict[str, torch.Tensor]
+    neurons: dict[str, torch.Tensor]
+    comparable: bool
+    head_grads: dict[str, torch.Tensor] = field(default_factory=dict)
+    neuron_grads: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+Criterion = Callable[[nn.Module, list], Scores]
+CRITERIA: dict[str, Criterion] = {}
+NEEDS_DATA: set[str] = set()
+
+
+def register_criterion(name: str, needs_data: bool = True):
+    """Register a criterion under `name`, so a recipe's `criterion: name` finds it."""
+
+    def decorator(function: Criterion) -> Criterion:
+        CRITERIA[name] = function
+        if needs_data:
+            NEEDS_DATA.add(name)
+        return function
+
+    return decorator
+
+
+def get_criterion(name: str) -> Criterion:
+    if name not in CRITERIA:
+        raise ValueError(f"unknown criterion {name!r}; available: {', '.join(sorted(CRITERIA))}")
+    return CRITERIA[name]
+
+
+def compute_scores(model: nn.Module, criterion: str, batches: list) -> Scores:
+    """Score every head and neuron of `model` with `criterion` over `batches` (model-ready dicts)."""
+    return get_criterion(criterion)(model, batches)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _token_mask(batch: dict) -> torch.Tensor | None:
+    mask = batch.get("attention_mask")
+    return mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+
+def task_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """The task loss when the batch has labels; otherwise cross-entropy against the model's own predictions,
+    so unlabeled calibration data works with gradient criteria."""
+    if "labels" in batch:
+        output = model(**batch)
+        if getattr(output, "loss", None) is not None:
+            return output.loss
+    output = model(**{k: v for k, v in batch.items() if k != "labels"})
+    logits = getattr(output, "logits", None)
+    if logits is None:
+        raise CalibrationError(
+            f"a gradient criterion needs a loss, but the batches have no labels and {type(model).__name__} has no "
+            "prediction head (no logits); add labels, use a model with a task head, or use a label-free criterion "
+            "(magnitude, activation)"
+        )
+    predictions = logits.detach().argmax(-1)
+    mask = _token_mask(batch)
+    if mask is not None and predictions.shape == mask.shape:
+        predictions = predictions.masked_fill(mask == 0, -100)  # no pseudo-labels on padding
+    return nn.functional.cross_entropy(logits.flatten(0, -2).float(), predictions.flatten(), ignore_index=-100)
+
+
+def _progress(batches: list, description: str):
+    return tqdm(batches, desc=description, unit="batch", leave=False)
+
+
+# ---------------------------------------------------------------------------------------------- criteria
+
+
+@register_criterion("magnitude", needs_data=False)
+@torch.no_grad()
+def magnitude(model: nn.Module, batches: list | None = None) -> Scores:
+    heads, neurons = {}, {}
+    for name, site in resolve_sites(model).items():
+        if isinstance(site, AttentionSite):
+            if not site.num_heads:
+                continue
+            count, kv, d = site.num_heads, site.num_kv_heads, site.head_dim
+            group = count // kv
+            if site.spec.fused_qkv:
+                fused = weight_out_in(site.q).float()
+                q, k, v = fused[: count * d], fused[count * d : (count + kv) * d], fused[(count + kv) * d :]
+            else:
+                q, k, v = (weight_out_in(m).float() for m in (site.q, site.k, site.v))
+            o = weight_out_in(site.o).float()
+            energy = q.reshape(count, -1).pow(2).sum(1) + o.t().reshape(count, -1).pow(2).sum(1)
+            # A KV head is shared by its group: each query head is charged an equal share of it.
+            kv_energy = (k.reshape(kv, -1).pow(2).sum(1) + v.reshape(kv, -1).pow(2).sum(1)) / group
+            heads[name] = (energy + kv_energy.repeat_interleave(group)).sqrt()
+        else:
+            energy = sum(weight_out_in(m).float().pow(2).sum(1) for m in site.inputs)
+            down = weight_out_in(site.output).float()
+            neurons[name] = (energy + down.pow(2).sum(0)).sqrt()
+    return Scores(heads, neurons, comparable=False)
+
+
+@register_criterion("activation")
+@torch.no_grad()
+def activation(model: nn.Module, batches: list) -> Scores:
+    device = _device(model)
+    sums: dict[tuple[str, str], torch.Tensor] = {}
+    tokens = {"mask": None}
+
+    def observe(kind: str, name: str, values: torch.Tensor) -> None:
+        # values: (..., units) for neurons, (..., heads, head_dim) for heads; average over real tokens only.
+        magnitude = values.abs() if kind == "neurons" else values.norm(dim=-1)
+        mask = tokens["mask"]
+        if mask is not None and magnitude.shape[:2] == mask.shape:
+            magnitude = magnitude * mask[..., None].to(magnitude.dtype)
+        total = magnitude.flatten(0, -2).sum(0).float()
+        sums[(kind, name)] = sums.get((kind, name), 0) + total
+
+    count = 0
+    with SoftMasks(model, observer=observe):
+        for batch in _progress(batches, "activation scores"):
+            batch = _to(batch, device)
+            mask = _token_mask(batch)
+            tokens["mask"] = mask
+            model(**{k: v for k, v in batch.items() if k != "labels"})
+            count += int(mask.sum()) if mask is not None else _positions(batch)
+    heads = {n: s / count for (kind, n), s in sums.items() if kind == "heads"}
+    neurons = {n: s / count for (kind, n), s in sums.items() if kind == "neurons"}
+    return Scores(heads, neurons, comparable=False)
+
+
+def _positions(batch: dict) -> int:
+    first = next(v for v in batch.values() if isinstance(v, torch.Tensor))
+    return first.shape[0] * (first.shape[1] if first.dim() > 1 else 1)
+
+
+def _gate_gradients(model: nn.Module, batches: list, description: str):
+    """Per-batch gradients of the task loss with respect to every head and neuron gate."""
+    device = _device(model)
+    was_training = model.training
+    model.eval()  # dropout off: the scores describe the model as it will be used
+    head_grads: dict[str, list] = {}
+    neuron_grads: dict[str, list] = {}
+    requires = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)  # only the gates need gradients: cheaper, and weights stay untouched
+        with SoftMasks(model, requires_grad=True) as masks:
+            for batch in _progress(batches, description):
+                loss = task_loss(model, _to(batch, device))
+                gates = [*masks.heads.values(), *masks.neurons.values()]
+                grads = torch.autograd.grad(loss, gates, allow_unused=True)
+                for (name, gate), grad in zip([*masks.heads.items(), *masks.neurons.items()], grads, strict=True):
+                    table = head_grads if name in masks.heads else neuron_grads
+                    table.setdefault(name, []).append(torch.zeros_like(gate) if grad is None else grad.detach())
+    finally:
+        for p, flag in requires.items():
+            p.requires_grad_(flag)
+        model.train(was_training)
+    stack = lambda table: {n: torch.stack(g).float() for n, g in table.items()}  # noqa: E731
+    return stack(head_grads), stack(neuron_grads)
+
+
+@register_criterion("taylor")
+def taylor(model: nn.Module, batches: list) -> Scores:
+    heads, neurons = _gate_gradients(model, batches, "taylor scores")
+    return Scores(
+        {n: g.abs().mean(0) for n, g in heads.items()},
+        {n: g.abs().mean(0) for n, g in neurons.items()},
+        comparable=True,
+        head_grads=heads,
+        neuron_grads=neurons,
+    )
+
+
+@register_criterion("fisher")
+def fisher(model: nn.Module, batches: list) -> Scores:
+    heads, neurons = _gate_gradients(model, batches, "fisher scores")
+    return Scores(
+        {n: g.pow(2).sum(0) for n, g in heads.items()},
+        {n: g.pow(2).sum(0) for n, g in neurons.items()},
+        comparable=True,
+        head_grads=heads,
+        neuron_grads=neurons,
+    )
+
+
+def check_calibration(batches: Iterable, criterion: str) -> list:
+    """Materialise and validate calibration batches before any weight is touched."""
+    if criterion not in NEEDS_DATA:
+        return list(batches) if batches is not None else []
+    if batches is None:
+        raise CalibrationError(f"criterion {criterion!r} needs calibration batches; got none")
+    batches = list(batches)
+    if not batches:
+        raise CalibrationError(f"the calibration data is empty; criterion {criterion!r} needs at least one batch")
+    bad = [i for i, b in enumerate(batches) if not isinstance(b, dict) or not b]
+    if bad:
+        raise CalibrationError(f"calibration batch {bad[0]} is not a non-empty dict of tensors (model inputs)")
+    return batches
+
