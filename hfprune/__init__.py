@@ -5,12 +5,20 @@ __version__ = "0.1.0"
 from .arch import register_adapter, supported_model_types  # noqa: E402
 from .errors import CheckpointError, HfpruneError, PruningSpecError, UnsupportedModelError  # noqa: E402
 from .flops import ModelCount, SiteCount, count  # noqa: E402
+from .importance import CRITERIA, register_criterion  # noqa: E402
 from .io import from_pretrained, save_pretrained  # noqa: E402
 from .masks import SoftMasks  # noqa: E402
+from .prune import prune  # noqa: E402
+from .recipe import Recipe, RecipeError  # noqa: E402
+from .report import PruningReport  # noqa: E402
 from .surgery import remove_heads, remove_layers, remove_neurons, sites  # noqa: E402
 
 __all__ = [
+    "CRITERIA",
     "CheckpointError",
+    "PruningReport",
+    "Recipe",
+    "RecipeError",
     "HfpruneError",
     "ModelCount",
     "PruningSpecError",
@@ -18,6 +26,8 @@ __all__ = [
     "SoftMasks",
     "UnsupportedModelError",
     "count",
+    "prune",
+    "register_criterion",
     "from_pretrained",
     "register_adapter",
     "remove_heads",

@@ -1,0 +1,206 @@
+"""`hfprune.prune`: one-shot, post-training pruning to a budget, without retraining.
+
+Scores every head and neuron on calibration data, searches the kept set under the budget, optionally
+rearranges and tunes the masks (Kwon et al. 2022), then shrinks the model in place and reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+
+from .arch import find_stacks, prepared_adapter
+from .flops import count
+from .importance import CalibrationError, check_calibration, compute_scores
+from .masks import SoftMasks
+from .recipe import Recipe, RecipeError
+from .record import ensure_record
+from .refine import agreement, fold_gates, model_outputs, rearrange, tune_masks
+from .report import PruningReport
+from .search import Plan, search
+from .surgery import remove_heads, remove_layers, remove_neurons
+
+
+def _batch_size(batch: dict) -> int:
+    return next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape[0]
+
+
+def _limit(batches: list, num_samples: int) -> list:
+    """The first batches holding at most `num_samples` examples (the last one cut to fit)."""
+    kept, seen = [], 0
+    for batch in batches:
+        if seen >= num_samples:
+            break
+        size = _batch_size(batch)
+        take = min(size, num_samples - seen)
+        if take < size:
+            batch = {k: v[:take] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        kept.append(batch)
+        seen += take
+    return kept
+
+
+def mean_lengths(model: nn.Module, batches: list) -> tuple[int, int | None]:
+    """Mean real sequence length of the calibration data, as the sites see it: tokens for text, frames after
+    the feature extractor for audio; for encoder-decoders also the encoder's length."""
+    lengths, encoder_lengths = [], []
+    for batch in batches:
+        if "input_features" in batch:  # Whisper: the encoder halves the mel frames
+            encoder_lengths.append(batch["input_features"].shape[-1] // 2)
+            decoder = batch.get("decoder_input_ids", batch.get("labels"))
+            lengths.append(decoder.shape[-1] if decoder is not None else 1)
+        elif "input_values" in batch and hasattr(model, "_get_feat_extract_output_lengths"):
+            samples = batch["input_values"].shape[-1]
+            lengths.append(int(model._get_feat_extract_output_lengths(torch.tensor(samples))))
+        elif isinstance(batch.get("attention_mask"), torch.Tensor):
+            lengths.append(float(batch["attention_mask"].sum(-1).float().mean()))
+        else:
+            lengths.append(next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape[-1])
+    seq_len = max(1, round(sum(lengths) / len(lengths)))
+    encoder = max(1, round(sum(encoder_lengths) / len(encoder_lengths))) if encoder_lengths else None
+    return seq_len, encoder
+
+
+def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] | None = None) -> PruningReport:
+    """Prune `model` in place to `recipe.target`, without retraining.
+
+    Args:
+        model: any supported model, with a task head when the criterion needs a loss.
+        recipe: a `Recipe` (or a dict of its fields).
+        calibration: model-ready batches (dicts of tensors, with `labels` for a task loss; without labels the
+            model's own predictions stand in). Magnitude alone, without tuning, needs none.
+
+    Returns:
+        `PruningReport`: params/FLOPs before and after, kept heads/neurons per site, time per phase, and what
+        rearrangement and mask tuning contributed.
+
+    Example:
+        ```python
+        >>> recipe = hfprune.Recipe(target={"flops": 0.6}, criterion="fisher")
+        >>> report = hfprune.prune(model, recipe, calibration=batches)
+        >>> print(report)
+        ```
+    """
+    recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
+    prepared_adapter(model)
+    needs_data = recipe.criterion != "magnitude" or recipe.tune or "layers" in recipe.structures
+    if needs_data and calibration is None:
+        raise CalibrationError(
+            f"criterion {recipe.criterion!r}{' with mask tuning' if recipe.tune else ''} needs calibration batches"
+        )
+    batches = _limit(check_calibration(calibration, "fisher" if needs_data else recipe.criterion), recipe.num_samples)
+    device = next(model.parameters()).device
+    batches = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in batches]
+    seq_len, encoder_len = mean_lengths(model, batches) if batches else (recipe.seq_len or 128, None)
+    seq_len = recipe.seq_len or seq_len
+    before = count(model, seq_len=seq_len, encoder_seq_len=encoder_len)
+    report = PruningReport(recipe=recipe, before=before, num_samples=sum(_batch_size(b) for b in batches))
+    was_training = model.training
+    model.eval()
+    try:
+        if "layers" in recipe.structures:
+            _prune_layers(model, recipe, batches, before, report)
+        else:
+            _prune_units(model, recipe, batches, before, report)
+    finally:
+        model.train(was_training)
+    report.after = count(model, seq_len=seq_len, encoder_seq_len=encoder_len)
+    record = ensure_record(model)
+    record.recipe, record.report = recipe.to_dict(), report.summary()
+    return report
+
+
+def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningReport) -> None:
+    with report.phase("scoring"):
+        scores = compute_scores(model, recipe.criterion, batches)
+    with report.phase("search"):
+        plan = search(before, scores, recipe)
+    dense = model_outputs(model, batches)
+    if batches:
+        report.quality["search"] = agreement(model, plan, batches, dense)
+    if recipe.rearrange and scores.head_grads:
+        with report.phase("rearrangement"):
+            plan = rearrange(plan, scores, before)
+        report.quality["rearrangement"] = agreement(model, plan, batches, dense)
+    with SoftMasks(model) as masks:
+        _apply_plan(masks, plan)
+        if recipe.tune:
+            with report.phase("mask tuning"):
+                tune_masks(model, masks, batches)
+            report.quality["mask tuning"] = agreement(model, masks, batches, dense)
+        with report.phase("surgery"):
+            fold_gates(model, masks)
+            heads, neurons = plan.removals(before)
+    with report.phase("surgery"):
+        remove_heads(model, heads)
+        remove_neurons(model, neurons)
+
+
+def _apply_plan(masks: SoftMasks, plan: Plan) -> None:
+    for name, kept in plan.heads.items():
+        gate = masks.heads[name]
+        gate.zero_()
+        gate[kept] = 1.0
+    for name, kept in plan.neurons.items():
+        gate = masks.neurons[name]
+        gate.zero_()
+        gate[kept] = 1.0
+
+
+@torch.no_grad()
+def _prune_layers(model, recipe: Recipe, batches: list, before, report: PruningReport) -> None:
+    """Remove whole layers by block importance BI = 1 - E[cos(x_in, x_out)] (ShortGPT, Men et al. 2024)."""
+    metric = next(iter(recipe.target))
+    if metric not in ("flops", "params"):
+        raise RecipeError("structures: [layers] needs a flops or params target")
+    with report.phase("scoring"):
+        importance = _block_importance(model, batches)
+    layer_cost = {}
+    for site in before.sites.values():
+        layer = site.name.rsplit(".", 1)[0]
+        layer_cost[layer] = layer_cost.get(layer, 0) + (site.flops if metric == "flops" else site.params)
+    total = before.flops if metric == "flops" else before.params
+    budget = recipe.target[metric] * total
+    removed, spent = [], total
+    for layer in sorted(importance, key=importance.get):
+        if spent <= budget:
+            break
+        stack = layer.split(".")[0]
+        in_stack = [name for name in importance if name.startswith(stack + ".")]
+        if len(in_stack) - sum(r in in_stack for r in removed) <= 1:
+            continue  # a stack keeps at least one layer
+        removed.append(layer)
+        spent -= layer_cost[layer]
+    if spent > budget:
+        raise RecipeError(f"target.{metric}={recipe.target[metric]} cannot be met by removing whole layers")
+    report.layer_scores = importance
+    with report.phase("surgery"):
+        remove_layers(model, removed)
+
+
+@torch.no_grad()
+def _block_importance(model, batches: list) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    handles = []
+
+    def hook(name):
+        def record(module, args, output):
+            hidden_in = args[0]
+            hidden_out = output[0] if isinstance(output, tuple) else output
+            cosine = nn.functional.cosine_similarity(hidden_in.float(), hidden_out.float(), dim=-1)
+            sums[name] = sums.get(name, 0.0) + float(1 - cosine.mean())
+
+        return record
+
+    for stack in find_stacks(model):
+        for index, layer in enumerate(stack.layers):
+            handles.append(layer.register_forward_hook(hook(f"{stack.spec.name}.{index}")))
+    try:
+        for batch in batches:
+            model(**{k: v for k, v in batch.items() if k != "labels"})
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: total / len(batches) for name, total in sums.items()}

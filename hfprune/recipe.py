@@ -1,0 +1,175 @@
+"""`Recipe`: what to prune, to which budget, with which criterion. YAML and JSON load into the same class.
+
+Example (`recipes/bert-heads-ffn-fisher.yaml`):
+```yaml
+target: {flops: 0.6}          # keep 60% of the attention + FFN FLOPs
+structures: [heads, neurons]
+criterion: fisher
+num_samples: 512
+```
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import HfpruneError
+
+TARGET_FRACTIONS = ("flops", "params")
+TARGET_COUNTS = ("heads", "neurons")
+STRUCTURES = ("heads", "neurons", "layers")
+
+
+class RecipeError(HfpruneError, ValueError):
+    """A recipe with unknown, missing or ill-typed fields, or a budget that cannot be met."""
+
+
+def _help(text: str, default: Any = MISSING, default_factory: Any = MISSING):
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class Recipe:
+    """A pruning recipe. Every field has a help text: `Recipe.help()` prints them."""
+
+    target: dict = _help(
+        "Budget. One fraction to keep, of the prunable FLOPs (`flops`, attention + FFN at the calibration data's "
+        "mean length) or of all parameters (`params`), in (0, 1]; or absolute kept counts `heads` and/or "
+        "`neurons` over the whole model.",
+        default_factory=lambda: {"flops": 0.6},
+    )
+    structures: list = _help(
+        "What may be removed: any of heads, neurons, layers. `layers` alone removes whole layers by block "
+        "importance (ShortGPT); with heads/neurons it is not supported yet.",
+        default_factory=lambda: ["heads", "neurons"],
+    )
+    criterion: str = _help("Importance criterion: magnitude, activation, taylor or fisher.", "fisher")
+    num_samples: int = _help("At most this many calibration examples are used.", 512)
+    seq_len: int | None = _help(
+        "Sequence length for the FLOPs budget; default: the calibration data's mean real length.", None
+    )
+    min_heads: int = _help("Each attention site keeps at least this many heads (0 allows removing a block).", 0)
+    min_neurons: int = _help("Each FFN keeps at least this many neurons.", 0)
+    round_neurons: int = _help("Kept FFN widths are rounded to a multiple of this (fast matmuls); 1 = none.", 8)
+    gqa: str = _help(
+        "For GQA attention: `heads` removes the same number of query heads from every KV group; `groups` "
+        "removes whole KV groups.",
+        "heads",
+    )
+    rearrange: bool = _help(
+        "Mask rearrangement (Kwon et al. 2022): within each layer, swap kept/removed units to reduce the "
+        "second-order loss estimate. Gradient criteria only.",
+        True,
+    )
+    tune: bool = _help(
+        "Mask tuning (Kwon et al. 2022): per layer, least-squares scales on kept heads/neurons so each layer's "
+        "output matches the dense model's; folded into the weights.",
+        True,
+    )
+    sites: list | None = _help("Prune only sites whose name starts with one of these (e.g. [encoder]).", None)
+
+    def __post_init__(self):
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type)
+        self.target = dict(self.target)
+        unknown = set(self.target) - set(TARGET_FRACTIONS + TARGET_COUNTS)
+        if unknown:
+            raise RecipeError(
+                f"unknown target key(s) {sorted(unknown)}; use one of {TARGET_FRACTIONS} or counts {TARGET_COUNTS}"
+            )
+        fractions = [k for k in TARGET_FRACTIONS if k in self.target]
+        counts = [k for k in TARGET_COUNTS if k in self.target]
+        if len(fractions) > 1 or (fractions and counts) or not (fractions or counts):
+            raise RecipeError(
+                f"target must give exactly one of {TARGET_FRACTIONS}, or kept counts {TARGET_COUNTS}; got {self.target}"
+            )
+        for key in fractions:
+            value = self.target[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise RecipeError(f"target.{key} must be a fraction in (0, 1], got {value!r}")
+        for key in counts:
+            value = self.target[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise RecipeError(f"target.{key} must be a non-negative integer count, got {value!r}")
+        bad = [s for s in self.structures if s not in STRUCTURES]
+        if bad or not self.structures:
+            raise RecipeError(f"structures must be a non-empty list of {STRUCTURES}; got {self.structures}")
+        if "layers" in self.structures and len(self.structures) > 1:
+            raise RecipeError("structures: `layers` cannot be combined with heads/neurons yet; use it alone")
+        from .importance import CRITERIA
+
+        if self.criterion not in CRITERIA:
+            raise RecipeError(f"criterion {self.criterion!r} is unknown; available: {', '.join(sorted(CRITERIA))}")
+        if self.gqa not in ("heads", "groups"):
+            raise RecipeError(f"gqa must be 'heads' or 'groups', got {self.gqa!r}")
+        for name in ("num_samples", "round_neurons"):
+            if getattr(self, name) < 1:
+                raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("min_heads", "min_neurons"):
+            if getattr(self, name) < 0:
+                raise RecipeError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.seq_len is not None and self.seq_len < 1:
+            raise RecipeError(f"seq_len must be >= 1, got {self.seq_len}")
+
+    # ------------------------------------------------------------------------------------------ in and out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Recipe:
+        if not isinstance(data, dict):
+            raise RecipeError(f"a recipe must be a mapping of fields, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RecipeError(f"unknown recipe key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Recipe:
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as error:
+            raise RecipeError(f"{path} is not valid YAML: {error}") from error
+        return cls.from_dict(data or {})
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> Recipe:
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as error:
+            raise RecipeError(f"{path} is not valid JSON: {error}") from error
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        """Load a `.yaml`/`.yml` or `.json` recipe."""
+        if not Path(path).exists():
+            raise RecipeError(f"recipe file {path} does not exist")
+        return cls.from_json(path) if str(path).endswith(".json") else cls.from_yaml(path)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def help(cls) -> str:
+        return "\n".join(f"{f.name}: {f.metadata['help']}" for f in fields(cls))
+
+
+_TYPES = {"dict": dict, "list": list, "str": str, "int": int, "bool": bool, "int | None": (int, type(None)),
+          "list | None": (list, type(None))}
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> None:
+    expected = _TYPES[annotation if isinstance(annotation, str) else annotation.__name__]
+    wrong_bool = isinstance(value, bool) and expected in (int, (int, type(None)))
+    if wrong_bool or not isinstance(value, expected):
+        raise RecipeError(f"recipe field {name!r} must be {annotation}, got {type(value).__name__} {value!r}")

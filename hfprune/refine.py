@@ -1,0 +1,236 @@
+"""Retraining-free refinement of a pruning plan (Kwon et al. 2022, "A Fast Post-Training Pruning Framework
+for Transformers", sections 4.2-4.3), and measuring how close a masked model stays to the dense one.
+
+- Mask rearrangement: within each site, keep as many units as the search chose, but pick *which* ones to
+  minimise the second-order loss estimate sum_b (sum_{i removed} g_bi)^2 over per-batch gate gradients, so
+  units whose gradients cancel can go together. Greedy best-swap search.
+- Mask tuning: layer by layer (in model order, so each layer sees its pruned predecessors), least-squares
+  scales on the kept heads/neurons so the output projection reproduces the dense model's output. The scales
+  live in the gates and are folded into the weights before surgery.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .arch import resolve_sites
+from .importance import Scores
+from .linear import weight_out_in
+from .masks import SoftMasks
+
+MAX_SWAPS = 50
+MAX_TOKENS = 65536  # per site: enough for a well-posed least-squares problem, bounded memory
+
+
+# ----------------------------------------------------------------------------------------- rearrangement
+
+
+def _best_removed_set(grads: torch.Tensor, kept: list[int]) -> list[int]:
+    units = grads.shape[1]
+    keep_mask = torch.zeros(units, dtype=torch.bool)
+    keep_mask[kept] = True
+    for _ in range(MAX_SWAPS):
+        removed, kept_now = (~keep_mask).nonzero().flatten(), keep_mask.nonzero().flatten()
+        if not len(removed) or not len(kept_now):
+            break
+        g_removed, g_kept = grads[:, removed], grads[:, kept_now]
+        s = g_removed.sum(1)  # (batches,)
+        objective = float(s.pow(2).sum())
+        # Swapping removed unit i back in for kept unit j changes the objective by a_i + c_j - 2 g_i . g_j.
+        a = g_removed.pow(2).sum(0) - 2 * (s @ g_removed)
+        c = g_kept.pow(2).sum(0) + 2 * (s @ g_kept)
+        delta = a[:, None] + c[None, :] - 2 * (g_removed.t() @ g_kept)
+        best = int(delta.argmin())
+        i, j = divmod(best, delta.shape[1])
+        if float(delta.flatten()[best]) >= -1e-9 * max(objective, 1e-30):
+            break
+        keep_mask[removed[i]], keep_mask[kept_now[j]] = True, False
+    return sorted(keep_mask.nonzero().flatten().tolist())
+
+
+def rearrange(plan, scores: Scores, counts):
+    """Rearrange each site's kept set (same size) using the per-batch gradients of a gradient criterion.
+    GQA sites, whose units are tied across groups, keep the search's choice."""
+    for table, grads in ((plan.heads, scores.head_grads), (plan.neurons, scores.neuron_grads)):
+        for name, kept in table.items():
+            grad = grads.get(name)
+            if grad is None or not 0 < len(kept) < grad.shape[1] or grad.shape[0] < 2:
+                continue
+            site = counts.sites[name]
+            if table is plan.heads and site.units != site.kv_units:
+                continue  # GQA: heads go in tied units; a single swap would break the group rule
+            table[name] = _best_removed_set(grad.double(), kept)
+    return plan
+
+
+# ------------------------------------------------------------------------------------------- mask tuning
+
+
+class _Stop(Exception):
+    """Raised by a hook once the layer being tuned has been seen: the rest of the forward is not needed."""
+
+
+def _real_tokens(batch: dict, values: torch.Tensor) -> torch.Tensor:
+    mask = batch.get("attention_mask")
+    flat = values.flatten(0, -2) if values.dim() > 2 else values
+    if isinstance(mask, torch.Tensor) and values.dim() > 2 and values.shape[:2] == mask.shape:
+        return flat[mask.flatten().bool()]
+    return flat
+
+
+def _inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+@torch.no_grad()
+def _teacher_outputs(model: nn.Module, masks: SoftMasks, sites: dict, batches: list) -> dict[str, list[torch.Tensor]]:
+    """The dense model's output-projection outputs at every gated site (real tokens only)."""
+    saved = {n: g.clone() for n, g in [*masks.heads.items(), *masks.neurons.items()]}
+    for gate in [*masks.heads.values(), *masks.neurons.values()]:
+        gate.fill_(1.0)
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in sites}
+    current = {}
+    handles = [
+        _projection(site).register_forward_hook(
+            lambda m, a, out, name=name: outputs[name].append(_real_tokens(current["batch"], out).float())
+        )
+        for name, site in sites.items()
+    ]
+    try:
+        for batch in batches:
+            current["batch"] = batch
+            model(**_inputs(batch))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, gate in [*masks.heads.items(), *masks.neurons.items()]:
+            gate.copy_(saved[name])
+    return outputs
+
+
+def _projection(site) -> nn.Module:
+    return site.o if site.kind != "ffn" else site.output
+
+
+def _normal_equations(site, units: int, values: torch.Tensor, target: torch.Tensor):
+    """Gram matrix and right-hand side of min_m || sum_u m_u A_u - (target - bias) ||^2 over tokens."""
+    projection = _projection(site)
+    weight = weight_out_in(projection).float()  # (out, units * width)
+    bias = projection.bias.float() if projection.bias is not None else 0.0
+    residual = target - bias
+    if site.kind == "ffn":
+        gram = (weight.t() @ weight) * (values.t() @ values)
+        rhs = ((residual @ weight) * values).sum(0)
+    else:
+        per_head = values.view(len(values), units, -1)
+        per_unit = torch.einsum("thd,ohd->tho", per_head, weight.view(len(weight), units, -1))
+        gram = torch.einsum("tho,tko->hk", per_unit, per_unit)
+        rhs = torch.einsum("tho,to->h", per_unit, residual)
+    return gram.double(), rhs.double()
+
+
+@torch.no_grad()
+def tune_masks(model: nn.Module, masks: SoftMasks, batches: list) -> dict[str, float]:
+    """Least-squares scales for the kept units of every gated site, written into `masks` (0 stays 0).
+
+    Returns the relative reconstruction error of each site's output projection after tuning.
+    """
+    all_sites = resolve_sites(model)
+    gates = {**masks.heads, **masks.neurons}
+    sites = {n: all_sites[n] for n in all_sites if n in gates and bool((gates[n] == 0).any())}
+    teacher = _teacher_outputs(model, masks, sites, batches)
+    errors = {}
+    for name, site in tqdm(sites.items(), desc="mask tuning", unit="site", leave=False):
+        gate = gates[name]
+        kept = (gate != 0).nonzero().flatten()
+        if not len(kept):
+            continue
+        gram = rhs = None
+        seen = 0
+        for batch, target in zip(batches, teacher[name], strict=True):
+            captured = {}
+
+            def capture(module, args, captured=captured, batch=batch):
+                captured["values"] = _real_tokens(batch, args[0]).float()
+                raise _Stop
+
+            handle = _projection(site).register_forward_pre_hook(capture)
+            try:
+                model(**_inputs(batch))
+            except _Stop:
+                pass
+            finally:
+                handle.remove()
+            # The gate hook ran first; this site's gates are still 0/1, so kept units' values are unscaled.
+            values = captured["values"]
+            g, r = _normal_equations(site, gate.shape[0], values, target)
+            gram = g if gram is None else gram + g
+            rhs = r if rhs is None else rhs + r
+            seen += len(values)
+            if seen >= MAX_TOKENS:
+                break
+        current = gate.double()
+        sub_gram, sub_rhs = gram[kept][:, kept], rhs[kept]
+        damping = 1e-6 * float(sub_gram.diagonal().mean()) + 1e-12
+        scales = torch.linalg.solve(sub_gram + damping * torch.eye(len(kept), dtype=sub_gram.dtype), sub_rhs)
+        scales = scales.clamp(0.0, 10.0)
+
+        def loss(m, gram=sub_gram, rhs=sub_rhs):
+            return float(m @ gram @ m - 2 * rhs @ m)
+
+        if loss(scales) < loss(current[kept]):
+            gate[kept] = scales.to(gate.dtype)
+        errors[name] = loss(gate[kept].double())
+    return errors
+
+
+@torch.no_grad()
+def fold_gates(model: nn.Module, masks: SoftMasks) -> None:
+    """Multiply each gate into the input columns of its output projection, then reset the gate to 1, so the
+    model computes the same thing with or without the masks (removed units become zero columns)."""
+    sites = resolve_sites(model)
+    for name, gate in [*masks.heads.items(), *masks.neurons.items()]:
+        projection = _projection(sites[name])
+        weight = weight_out_in(projection)
+        per_column = gate.to(weight.dtype).repeat_interleave(weight.shape[1] // gate.shape[0])
+        weight.mul_(per_column)
+        gate.fill_(1.0)
+
+
+# ----------------------------------------------------------------------------------------------- quality
+
+
+@torch.no_grad()
+def model_outputs(model: nn.Module, batches: list) -> list[torch.Tensor]:
+    outputs = []
+    for batch in batches:
+        output = model(**_inputs(batch))
+        logits = getattr(output, "logits", None)
+        outputs.append((logits if logits is not None else output[0]).float())
+    return outputs
+
+
+@torch.no_grad()
+def agreement(model: nn.Module, plan_or_masks, batches: list, reference: list) -> dict[str, float]:
+    """How close the masked model stays to the dense one (`reference`: `model_outputs` of the unmasked
+    model) on `batches`: argmax agreement and mean KL per position of the outputs."""
+    if isinstance(plan_or_masks, SoftMasks):
+        pruned = model_outputs(model, batches)
+    else:
+        with SoftMasks(model) as masks:
+            for table, gates in ((plan_or_masks.heads, masks.heads), (plan_or_masks.neurons, masks.neurons)):
+                for name, kept in table.items():
+                    gates[name].zero_()
+                    gates[name][kept] = 1.0
+            pruned = model_outputs(model, batches)
+    agree = positions = 0
+    kl = 0.0
+    for dense, student in zip(reference, pruned, strict=True):
+        agree += int((dense.argmax(-1) == student.argmax(-1)).sum())
+        positions += dense[..., 0].numel()
+        kl += float(
+            nn.functional.kl_div(student.log_softmax(-1), dense.log_softmax(-1), log_target=True, reduction="sum")
+        )
+    return {"agreement": agree / positions, "kl": max(0.0, kl / positions)}

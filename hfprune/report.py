@@ -1,0 +1,90 @@
+"""`PruningReport`: what a pruning run did, as numbers and as a readable table."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from .flops import ModelCount
+
+
+@dataclass
+class PruningReport:
+    """Params and FLOPs before/after, kept heads and neurons per site, time per phase, and refinement effect.
+
+    Attributes:
+        recipe: the recipe used.
+        before, after: `hfprune.count` of the model before and after, at the calibration data's mean length.
+        num_samples: calibration examples used.
+        times: phase -> seconds (scoring, search, rearrangement, mask tuning, surgery).
+        quality: refinement step -> `{"agreement", "kl"}` of the masked model against the dense one on the
+            calibration data, after that step (what each step contributed).
+        layer_scores: block importance per layer, when whole layers were pruned.
+    """
+
+    recipe: object
+    before: ModelCount
+    after: ModelCount | None = None
+    num_samples: int = 0
+    times: dict[str, float] = field(default_factory=dict)
+    quality: dict[str, dict[str, float]] = field(default_factory=dict)
+    layer_scores: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
+
+    @property
+    def flops_kept(self) -> float:
+        return self.after.flops / self.before.flops
+
+    @property
+    def params_kept(self) -> float:
+        return self.after.params / self.before.params
+
+    def kept_per_site(self) -> dict[str, tuple[int, int]]:
+        """site -> (units before, units after); units are heads or neurons."""
+        return {
+            name: (site.units, self.after.sites[name].units if name in self.after.sites else 0)
+            for name, site in self.before.sites.items()
+        }
+
+    def summary(self) -> dict:
+        """A JSON-ready digest (saved into pruning_config.json)."""
+        return {
+            "params": [self.before.params, self.after.params],
+            "flops": [self.before.flops, self.after.flops],
+            "seq_len": self.before.seq_len,
+            "num_samples": self.num_samples,
+            "kept": {n: list(v) for n, v in self.kept_per_site().items()},
+            "times": {k: round(v, 3) for k, v in self.times.items()},
+            "quality": self.quality,
+        }
+
+    def __str__(self) -> str:
+        criterion = getattr(self.recipe, "criterion", "?")
+        lines = [
+            f"hfprune: {criterion} on {self.num_samples} samples, target {getattr(self.recipe, 'target', '?')}",
+            f"{'':<12}{'before':>16}{'after':>16}{'kept':>8}",
+            f"{'params':<12}{self.before.params:>16,}{self.after.params:>16,}{self.params_kept:>8.1%}",
+            f"{'GFLOPs':<12}{self.before.flops / 1e9:>16.4g}{self.after.flops / 1e9:>16.4g}{self.flops_kept:>8.1%}"
+            f"   (attention + FFN, {self.before.seq_len} tokens)",
+            "",
+            f"{'site':<28}{'kept':>14}",
+        ]
+        for name, (before, after) in self.kept_per_site().items():
+            unit = "neurons" if name.endswith("ffn") else "heads"
+            lines.append(f"{name:<28}{after:>6} / {before:<6} {unit}")
+        if self.layer_scores:
+            lines += ["", "block importance: " + ", ".join(f"{n} {s:.3f}" for n, s in self.layer_scores.items())]
+        if self.quality:
+            lines += ["", f"{'after step':<20}{'agreement':>10}{'KL':>10}   (vs dense, calibration data)"]
+            for step, values in self.quality.items():
+                lines.append(f"{step:<20}{values['agreement']:>10.2%}{values['kl']:>10.4f}")
+        lines += ["", "time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.times.items())]
+        return "\n".join(lines)

@@ -1,0 +1,241 @@
+"""Choosing what to keep under a budget: heads and neurons allocated globally across layers.
+
+The search follows Kwon et al. 2022 ("A Fast Post-Training Pruning Framework for Transformers", Alg. 1),
+generalised to per-site costs (GQA, encoder/decoder lengths, cross-attention): for every number h of the most
+important head units, spend what is left of the budget on the most important neurons, and keep the (h, n)
+with the largest total importance. That needs head and neuron scores on one scale (Fisher, Taylor); for
+criteria without one (magnitude, activation) each kind gets the share of the budget it has in the dense model.
+
+A *unit* is what can go at once: a head (multi-head attention), one query head from every KV group or a
+whole KV group (GQA, per the recipe), or a neuron.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .flops import ModelCount, SiteCount
+from .importance import Scores
+from .recipe import Recipe, RecipeError
+
+
+@dataclass
+class Plan:
+    """What stays: kept (current) head and neuron indices per site. Sites not listed keep everything."""
+
+    heads: dict[str, list[int]] = field(default_factory=dict)
+    neurons: dict[str, list[int]] = field(default_factory=dict)
+
+    def removals(self, counts: ModelCount) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+        """The complement: heads and neurons to remove, as `remove_heads`/`remove_neurons` take them."""
+        heads = {n: sorted(set(range(counts.sites[n].units)) - set(k)) for n, k in self.heads.items()}
+        neurons = {n: sorted(set(range(counts.sites[n].units)) - set(k)) for n, k in self.neurons.items()}
+        return heads, neurons
+
+
+@dataclass
+class _Unit:
+    site: str
+    members: list[int]
+    score: float
+    cost: float
+
+
+def _cost_of(site: SiteCount, metric: str) -> tuple[float, float]:
+    """Cost of one unit and of one KV head at `site` under the budget metric."""
+    if metric == "flops":
+        return site.flops_per_unit, site.flops_per_kv_unit
+    if metric == "params":
+        return site.params_per_unit, site.params_per_kv_unit
+    return 1.0, 0.0  # absolute counts: a head or a neuron counts one
+
+
+def _head_units(site: SiteCount, scores: torch.Tensor, metric: str, gqa: str) -> list[_Unit]:
+    """Units of one attention site, most important first (the order in which a site keeps them)."""
+    per_head, per_kv = _cost_of(site, metric)
+    heads, kv = site.units, site.kv_units
+    group = heads // kv
+    if group == 1:
+        units = [_Unit(site.name, [h], float(scores[h]), per_head + per_kv) for h in range(heads)]
+        return sorted(units, key=lambda u: -u.score)
+    groups = scores.view(kv, group)
+    if gqa == "groups":
+        units = [
+            _Unit(site.name, list(range(g * group, (g + 1) * group)), float(groups[g].sum()), group * per_head + per_kv)
+            for g in range(kv)
+        ]
+        return sorted(units, key=lambda u: -u.score)
+    # One query head from every group: slice r holds the r-th best head of each group; the KV heads go with the
+    # last slice standing, so their cost is charged to slice 0.
+    order = groups.argsort(dim=1, descending=True)
+    units = []
+    for r in range(group):
+        members = sorted(int(g * group + order[g, r]) for g in range(kv))
+        cost = kv * per_head + (kv * per_kv if r == 0 else 0.0)
+        units.append(_Unit(site.name, members, float(groups.gather(1, order[:, r : r + 1]).sum()), cost))
+    return units
+
+
+def _take(candidates: list[_Unit], budget: float) -> int:
+    """How many of `candidates` (best first) fit in `budget`."""
+    spent = 0.0
+    for index, unit in enumerate(candidates):
+        spent += unit.cost
+        if spent > budget + 1e-9:
+            return index
+    return len(candidates)
+
+
+def _best_split(heads: list[_Unit], neurons: list[_Unit], budget: float) -> tuple[int, int]:
+    """Kwon et al.'s search: the (h, n) prefix pair under `budget` with the largest total importance."""
+    head_cost = torch.tensor([0.0] + [u.cost for u in heads], dtype=torch.float64).cumsum(0)
+    head_score = torch.tensor([0.0] + [u.score for u in heads], dtype=torch.float64).cumsum(0)
+    neuron_cost = torch.tensor([0.0] + [u.cost for u in neurons], dtype=torch.float64).cumsum(0)
+    neuron_score = torch.tensor([0.0] + [u.score for u in neurons], dtype=torch.float64).cumsum(0)
+    remaining = budget - head_cost
+    n = torch.searchsorted(neuron_cost, remaining + 1e-9, right=True) - 1
+    total = torch.where(n >= 0, head_score + neuron_score[n.clamp(min=0)], torch.tensor(float("-inf")))
+    h = int(total.argmax())
+    return h, int(n[h])
+
+
+def search(counts: ModelCount, scores: Scores, recipe: Recipe) -> Plan:
+    """Choose the heads and neurons to keep so the model fits `recipe.target`.
+
+    Args:
+        counts: `hfprune.count` of the model to prune, at the budget's sequence length.
+        scores: importance of every head and neuron (`hfprune.importance.compute_scores`).
+        recipe: budget, structures, minimums, rounding and GQA mode.
+
+    Returns:
+        `Plan` with the kept indices of every pruned site.
+
+    Raises:
+        RecipeError: when the budget cannot be met (the minimums and what is not pruned already exceed it).
+    """
+    metric = next(k for k in ("flops", "params", "heads", "neurons") if k in recipe.target)
+    eligible = {
+        name
+        for name, site in counts.sites.items()
+        if site.units > 0
+        and ("neurons" if site.kind == "ffn" else "heads") in recipe.structures
+        and (recipe.sites is None or any(name.startswith(prefix) for prefix in recipe.sites))
+    }
+    forced: dict[str, list[_Unit]] = {}
+    candidates = {"heads": [], "neurons": []}
+    for name in sorted(eligible, key=list(counts.sites).index):
+        site = counts.sites[name]
+        if site.kind == "ffn":
+            per_neuron, _ = _cost_of(site, metric)
+            order = scores.neurons[name].argsort(descending=True).tolist()
+            units = [_Unit(name, [i], float(scores.neurons[name][i]), per_neuron) for i in order]
+            keep_at_least = min(recipe.min_neurons, site.units)
+            kind = "neurons"
+        else:
+            units = _head_units(site, scores.heads[name], metric, recipe.gqa)
+            per_unit = len(units[0].members)
+            keep_at_least = min(-(-recipe.min_heads // per_unit), len(units))
+            kind = "heads"
+        forced[name] = units[:keep_at_least]
+        candidates[kind].extend(units[keep_at_least:])
+    candidates = {k: sorted(v, key=lambda u: -u.score) for k, v in candidates.items()}
+
+    budgets = _budgets(counts, recipe, metric, eligible, forced, candidates)
+    if metric in ("heads", "neurons"):
+        chosen = {k: candidates[k][: _take(candidates[k], budgets[k])] for k in candidates}
+    elif scores.comparable and candidates["heads"] and candidates["neurons"]:
+        h, n = _best_split(candidates["heads"], candidates["neurons"], budgets["shared"])
+        chosen = {"heads": candidates["heads"][:h], "neurons": candidates["neurons"][:n]}
+    else:
+        chosen = {k: candidates[k][: _take(candidates[k], budgets[k])] for k in candidates}
+
+    plan = Plan()
+    for name in eligible:
+        kept_units = forced[name] + [u for k in chosen for u in chosen[k] if u.site == name]
+        members = sorted(m for u in kept_units for m in u.members)
+        (plan.neurons if counts.sites[name].kind == "ffn" else plan.heads)[name] = members
+    if recipe.round_neurons > 1 and "neurons" in recipe.structures:
+        _round_neurons(plan, counts, scores, recipe, metric, budgets)
+    return plan
+
+
+def _budgets(counts, recipe, metric, eligible, forced, candidates) -> dict[str, float]:
+    """What the candidates may spend, after the fixed parts (not pruned, minimums, KV heads) are paid for."""
+    forced_cost = sum(u.cost for units in forced.values() for u in units)
+    if metric in ("heads", "neurons"):
+        budgets = {}
+        for kind in ("heads", "neurons"):
+            wanted = recipe.target.get(kind)
+            forced_kind = sum(
+                len(u.members) for n, units in forced.items() for u in units
+                if (counts.sites[n].kind == "ffn") == (kind == "neurons")
+            )
+            if wanted is None:
+                budgets[kind] = float("inf")
+            elif wanted < forced_kind:
+                raise RecipeError(f"target.{kind}={wanted} is below the {forced_kind} that the minimums keep")
+            else:
+                budgets[kind] = wanted - forced_kind
+        return budgets
+    candidate_cost = sum(u.cost for units in candidates.values() for u in units)
+    if metric == "flops":
+        total = counts.flops
+        fixed = total - candidate_cost
+    else:
+        total = counts.params
+        fixed = total - candidate_cost
+    budget = recipe.target[metric] * total
+    if budget < fixed - 1e-6 * total:
+        raise RecipeError(
+            f"target.{metric}={recipe.target[metric]} cannot be met: what is not pruned"
+            f"{' and the minimums' if forced_cost else ''} already takes {fixed / total:.1%} of the {metric}"
+        )
+    shared = budget - fixed
+    totals = {k: sum(u.cost for u in v) for k, v in candidates.items()}
+    spread = sum(totals.values()) or 1.0
+    # Criteria without a common scale: each kind keeps the share of the budget it has among the candidates.
+    return {"shared": shared, **{k: shared * totals[k] / spread for k in candidates}}
+
+
+def _round_neurons(plan: Plan, counts: ModelCount, scores: Scores, recipe: Recipe, metric: str, budgets) -> None:
+    """Round each FFN's kept width to a multiple of `round_neurons`, then give back blocks while over budget."""
+    step = recipe.round_neurons
+    for name, kept in plan.neurons.items():
+        total = counts.sites[name].units
+        order = scores.neurons[name].argsort(descending=True).tolist()
+        width = min(total, max(round(len(kept) / step) * step, -(-recipe.min_neurons // step) * step))
+        plan.neurons[name] = sorted(order[:width])
+    if metric in ("heads", "neurons"):
+        limit = recipe.target.get("neurons")
+        spend = lambda: sum(len(k) for k in plan.neurons.values())  # noqa: E731
+    else:
+        limit = recipe.target[metric] * (counts.flops if metric == "flops" else counts.params)
+        spend = lambda: _planned_cost(plan, counts, metric)  # noqa: E731
+    while limit is not None and spend() > limit + 1e-9:
+        # Drop the block of `step` least important kept neurons from the FFN where that block matters least.
+        options = []
+        for name, kept in plan.neurons.items():
+            if len(kept) - step >= recipe.min_neurons and len(kept) >= step:
+                ranked = sorted(kept, key=lambda i: float(scores.neurons[name][i]))
+                options.append((float(scores.neurons[name][ranked[:step]].sum()), name, ranked[:step]))
+        if not options:
+            raise RecipeError(f"target {recipe.target} cannot be met with FFN widths rounded to {step}")
+        _, name, block = min(options)
+        plan.neurons[name] = sorted(set(plan.neurons[name]) - set(block))
+
+
+def _planned_cost(plan: Plan, counts: ModelCount, metric: str) -> float:
+    """FLOPs or params of the model once `plan` is applied (exact, from the per-unit costs)."""
+    total = counts.flops if metric == "flops" else counts.params
+    for name, site in counts.sites.items():
+        per_unit, per_kv = _cost_of(site, metric)
+        if name in plan.neurons:
+            total -= (site.units - len(plan.neurons[name])) * per_unit
+        if name in plan.heads:
+            kept = plan.heads[name]
+            group = site.units // site.kv_units
+            kept_kv = len({h // group for h in kept})
+            total -= (site.units - len(kept)) * per_unit + (site.kv_units - kept_kv) * per_kv
+    return total

@@ -1,0 +1,168 @@
+"""One-shot pruning to a budget: budgets are met, results are deterministic, bad input is refused early."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import transformers
+from tiny_models import build, inputs
+
+import hfprune
+from hfprune.importance import CalibrationError, compute_scores
+from hfprune.masks import SoftMasks
+from hfprune.refine import fold_gates
+from hfprune.search import search
+
+
+def calibration(family, batches=4, labels=False):
+    data = [inputs(family, seed=i) for i in range(batches)]
+    if labels:
+        for i, batch in enumerate(data):
+            batch["labels"] = torch.tensor([i % 2, (i + 1) % 2])
+    return data
+
+
+def logits(model, family):
+    with torch.no_grad():
+        return model(**inputs(family, seed=99)).logits
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "wav2vec2", "whisper"])
+@pytest.mark.parametrize("criterion", ["magnitude", "activation", "taylor", "fisher"])
+def test_flops_budget_is_met(family, criterion):
+    model = build(family)
+    recipe = hfprune.Recipe(target={"flops": 0.5}, criterion=criterion, round_neurons=4, num_samples=6)
+    report = hfprune.prune(model, recipe, calibration=calibration(family))
+    assert 0.3 < report.flops_kept <= 0.5 + 1e-9
+    assert report.after.flops == hfprune.count(model, report.before.seq_len, None if family != "whisper" else 16).flops
+    assert torch.isfinite(logits(model, family)).all()
+    assert report.num_samples == 6
+    for name, (_, after) in report.kept_per_site().items():
+        if name.endswith("ffn"):
+            assert after % 4 == 0 or after == 37, "kept FFN widths are rounded"
+
+
+def test_params_target_and_counts_target():
+    model = build("bert")
+    report = hfprune.prune(model, {"target": {"params": 0.8}, "criterion": "fisher"}, calibration("bert"))
+    assert report.params_kept <= 0.8
+    model = build("bert")
+    report = hfprune.prune(model, {"target": {"heads": 5}, "criterion": "magnitude", "tune": False})
+    assert report.after.sites["encoder.0.attention"].units + report.after.sites["encoder.1.attention"].units == 5
+
+
+@pytest.mark.parametrize("gqa", ["heads", "groups"])
+def test_gqa_modes_keep_the_group_rule(gqa):
+    model = build("llama")
+    report = hfprune.prune(model, {"target": {"flops": 0.6}, "gqa": gqa, "min_heads": 1}, calibration("llama"))
+    for name in ("decoder.0.attention", "decoder.1.attention"):
+        site = report.after.sites[name]
+        assert site.units % site.kv_units == 0
+        if gqa == "heads":
+            assert site.kv_units == 2, "query heads go, KV heads stay"
+
+
+def test_deterministic():
+    results = []
+    for _ in range(2):
+        model = build("bert")
+        hfprune.prune(model, hfprune.Recipe(target={"flops": 0.5}), calibration=calibration("bert", labels=True))
+        results.append(logits(model, "bert"))
+    assert torch.equal(*results)
+
+
+def test_fold_gates_equals_gated_model():
+    model = build("bert")
+    with SoftMasks(model) as masks:
+        torch.manual_seed(0)
+        for gate in [*masks.heads.values(), *masks.neurons.values()]:
+            gate.uniform_(0, 2)
+        expected = logits(model, "bert")
+        fold_gates(model, masks)
+    assert torch.allclose(logits(model, "bert"), expected, atol=1e-5)
+
+
+def test_search_prefers_important_units_and_report_reads():
+    model = build("bert")
+    scores = compute_scores(model, "fisher", calibration("bert"))
+    counts = hfprune.count(model, seq_len=10)
+    plan = search(counts, scores, hfprune.Recipe(target={"flops": 0.5}, round_neurons=1))
+    for name, kept in plan.neurons.items():
+        dropped = sorted(set(range(37)) - set(kept))
+        if kept and dropped:
+            assert scores.neurons[name][kept].min() >= scores.neurons[name][dropped].max()
+    report = hfprune.prune(model, hfprune.Recipe(target={"flops": 0.5}), calibration("bert"))
+    text = str(report)
+    assert "encoder.1.ffn" in text and "mask tuning" in text and "GFLOPs" in text
+
+
+def test_layers_structure_removes_least_important_blocks():
+    model = build("bert", num_hidden_layers=4)
+    report = hfprune.prune(model, {"target": {"flops": 0.5}, "structures": ["layers"]}, calibration("bert"))
+    assert model.config.num_hidden_layers == 2 and report.flops_kept == pytest.approx(0.5)
+    assert len(report.layer_scores) == 4
+
+
+def test_unlabeled_data_uses_own_predictions():
+    model = build("bert")
+    report = hfprune.prune(model, hfprune.Recipe(target={"flops": 0.7}, criterion="taylor"), calibration("bert"))
+    assert report.flops_kept <= 0.7
+
+
+@pytest.mark.parametrize(
+    "recipe, error, message",
+    [
+        ({"target": {"flops": 0}}, hfprune.RecipeError, r"target.flops must be a fraction in \(0, 1\]"),
+        ({"target": {"flops": 1.5}}, hfprune.RecipeError, r"target.flops must be a fraction"),
+        ({"target": {"flop": 0.5}}, hfprune.RecipeError, r"unknown target key\(s\) \['flop'\]"),
+        ({"target": {"flops": 0.5}, "critrion": "fisher"}, hfprune.RecipeError,
+         r"unknown recipe key\(s\) \['critrion'\]"),
+        ({"target": {"flops": 0.5}, "num_samples": "many"}, hfprune.RecipeError, "'num_samples' must be int"),
+        ({"target": {"flops": 0.5}, "criterion": "random"}, hfprune.RecipeError, "criterion 'random' is unknown"),
+        ({"target": {"flops": 0.5}, "structures": ["weights"]}, hfprune.RecipeError, "structures must be"),
+        ({"target": {"flops": 0.1}, "min_heads": 4, "min_neurons": 37}, hfprune.RecipeError, "cannot be met"),
+    ],
+)
+def test_bad_recipes_fail_before_touching_weights(recipe, error, message):
+    model = build("bert")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(error, match=message):
+        hfprune.prune(model, recipe, calibration("bert"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_bad_calibration_is_named():
+    model = build("bert")
+    with pytest.raises(CalibrationError, match="calibration data is empty"):
+        hfprune.prune(model, hfprune.Recipe(), calibration=[])
+    with pytest.raises(CalibrationError, match="needs calibration batches"):
+        hfprune.prune(model, hfprune.Recipe())
+    bare = transformers.BertModel(model.config).eval()
+    state = {k: v.clone() for k, v in bare.state_dict().items()}
+    with pytest.raises(CalibrationError, match="no labels and BertModel has no prediction head"):
+        hfprune.prune(bare, hfprune.Recipe(criterion="fisher"), calibration=calibration("bert"))
+    assert all(torch.equal(state[k], v) for k, v in bare.state_dict().items())
+
+
+def test_recipe_round_trips_through_yaml_and_json(tmp_path):
+    recipe = hfprune.Recipe(target={"flops": 0.4}, criterion="activation", sites=["encoder"])
+    (tmp_path / "r.yaml").write_text(recipe.to_yaml())
+    (tmp_path / "r.json").write_text(__import__("json").dumps(recipe.to_dict()))
+    assert hfprune.Recipe.load(tmp_path / "r.yaml") == recipe == hfprune.Recipe.load(tmp_path / "r.json")
+    (tmp_path / "bad.yaml").write_text("target: [unclosed")
+    with pytest.raises(hfprune.RecipeError, match="not valid YAML"):
+        hfprune.Recipe.load(tmp_path / "bad.yaml")
+
+
+def test_saved_pruned_model_reloads_with_recipe(tmp_path):
+    model = build("bert")
+    hfprune.prune(model, hfprune.Recipe(target={"flops": 0.5}), calibration("bert", labels=True))
+    expected = logits(model, "bert")
+    model.save_pretrained(tmp_path)
+    reloaded = hfprune.from_pretrained(tmp_path)
+    assert torch.equal(logits(reloaded, "bert"), expected)
+    config = __import__("json").loads((tmp_path / "pruning_config.json").read_text())
+    assert config["recipe"]["target"] == {"flops": 0.5} and config["report"]["flops"][1] < config["report"]["flops"][0]
+    copy.deepcopy(reloaded)
