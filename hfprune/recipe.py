@@ -80,6 +80,8 @@ class Recipe:
             _check_type(f.name, getattr(self, f.name), f.type)
         self.target = dict(self.target)
         unknown = set(self.target) - set(TARGET_FRACTIONS + TARGET_COUNTS)
+        if "latency" in unknown:
+            raise RecipeError("target.latency is not implemented yet; use target.flops (speedup tracks it closely)")
         if unknown:
             raise RecipeError(
                 f"unknown target key(s) {sorted(unknown)}; use one of {TARGET_FRACTIONS} or counts {TARGET_COUNTS}"
