@@ -213,10 +213,12 @@ def _gate_gradients(model: nn.Module, batches: list, description: str):
 @register_criterion("taylor")
 def taylor(model: nn.Module, batches: list) -> Scores:
     heads, neurons = _gate_gradients(model, batches, "taylor scores")
+    # First-order |dL/dgate| ranks units within a kind, but is no loss estimate: a head's and a neuron's
+    # values are not on one scale (a budget split on them keeps heads and drops whole FFNs). Not comparable.
     return Scores(
         {n: g.abs().mean(0) for n, g in heads.items()},
         {n: g.abs().mean(0) for n, g in neurons.items()},
-        comparable=True,
+        comparable=False,
         head_grads=heads,
         neuron_grads=neurons,
     )

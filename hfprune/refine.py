@@ -15,13 +15,15 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .arch import resolve_sites
+from .arch import residual_source, resolve_sites
 from .importance import Scores
 from .linear import weight_out_in
 from .masks import SoftMasks
 
 MAX_SWAPS = 50
-MAX_TOKENS = 65536  # per site: enough for a well-posed least-squares problem, bounded memory
+# Tokens per site for mask tuning: thousands of tokens x hidden size equations for at most a few thousand
+# unknowns is well posed; more only costs time (each site needs a forward pass up to it).
+MAX_TOKENS = 8192
 
 
 # ----------------------------------------------------------------------------------------- rearrangement
@@ -68,6 +70,21 @@ def rearrange(plan, scores: Scores, counts):
 # ------------------------------------------------------------------------------------------- mask tuning
 
 
+def _first_tokens(batches: list, tokens: int) -> list:
+    """The leading batches that hold about `tokens` real tokens (at least one batch). Without an attention mask
+    (audio) the number of positions per batch is unknown here, so every batch is kept."""
+    kept, seen = [], 0
+    for batch in batches:
+        mask = batch.get("attention_mask")
+        if not isinstance(mask, torch.Tensor):
+            return batches
+        if kept and seen >= tokens:
+            break
+        kept.append(batch)
+        seen += int(mask.sum())
+    return kept
+
+
 class _Stop(Exception):
     """Raised by a hook once the layer being tuned has been seen: the rest of the forward is not needed."""
 
@@ -84,20 +101,39 @@ def _inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k != "labels"}
 
 
+def _projection(site) -> nn.Module:
+    return site.o if site.kind != "ffn" else site.output
+
+
+def _capture_residual(site, sink: dict, batch_of: dict):
+    """Hook that stores the residual `site`'s output is added to (real tokens only) into `sink["residual"]`."""
+    module, index = residual_source(site)
+
+    def hook(module, args, kwargs):
+        value = args[index] if index < len(args) else kwargs.get("hidden_states") if index == 0 else None
+        sink["residual"] = _real_tokens(batch_of["batch"], value).float()
+
+    return module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
 @torch.no_grad()
-def _teacher_outputs(model: nn.Module, masks: SoftMasks, sites: dict, batches: list) -> dict[str, list[torch.Tensor]]:
-    """The dense model's output-projection outputs at every gated site (real tokens only)."""
+def _teacher_targets(model: nn.Module, masks: SoftMasks, sites: dict, batches: list) -> dict[str, list[torch.Tensor]]:
+    """For every gated site and batch, the dense model's residual + block output (real tokens only): what the
+    pruned block, fed the pruned model's own residual stream, should reproduce."""
     saved = {n: g.clone() for n, g in [*masks.heads.items(), *masks.neurons.items()]}
     for gate in [*masks.heads.values(), *masks.neurons.values()]:
         gate.fill_(1.0)
-    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in sites}
-    current = {}
-    handles = [
-        _projection(site).register_forward_hook(
-            lambda m, a, out, name=name: outputs[name].append(_real_tokens(current["batch"], out).float())
-        )
-        for name, site in sites.items()
-    ]
+    targets: dict[str, list[torch.Tensor]] = {name: [] for name in sites}
+    current: dict = {}
+    handles = []
+    for name, site in sites.items():
+        residual: dict = {}
+        handles.append(_capture_residual(site, residual, current))
+
+        def output_hook(module, args, output, name=name, residual=residual):
+            targets[name].append(_real_tokens(current["batch"], output).float() + residual.pop("residual"))
+
+        handles.append(_projection(site).register_forward_hook(output_hook))
     try:
         for batch in batches:
             current["batch"] = batch
@@ -107,27 +143,21 @@ def _teacher_outputs(model: nn.Module, masks: SoftMasks, sites: dict, batches: l
             handle.remove()
         for name, gate in [*masks.heads.items(), *masks.neurons.items()]:
             gate.copy_(saved[name])
-    return outputs
-
-
-def _projection(site) -> nn.Module:
-    return site.o if site.kind != "ffn" else site.output
+    return targets
 
 
 def _normal_equations(site, units: int, values: torch.Tensor, target: torch.Tensor):
-    """Gram matrix and right-hand side of min_m || sum_u m_u A_u - (target - bias) ||^2 over tokens."""
-    projection = _projection(site)
-    weight = weight_out_in(projection).float()  # (out, units * width)
-    bias = projection.bias.float() if projection.bias is not None else 0.0
-    residual = target - bias
+    """Gram matrix and right-hand side of min_m || sum_u m_u A_u - target ||^2 over tokens, A_u being unit u's
+    contribution to the output projection's output."""
+    weight = weight_out_in(_projection(site)).float()  # (out, units * width)
     if site.kind == "ffn":
         gram = (weight.t() @ weight) * (values.t() @ values)
-        rhs = ((residual @ weight) * values).sum(0)
+        rhs = ((target @ weight) * values).sum(0)
     else:
         per_head = values.view(len(values), units, -1)
         per_unit = torch.einsum("thd,ohd->tho", per_head, weight.view(len(weight), units, -1))
         gram = torch.einsum("tho,tko->hk", per_unit, per_unit)
-        rhs = torch.einsum("tho,to->h", per_unit, residual)
+        rhs = torch.einsum("tho,to->h", per_unit, target)
     return gram.double(), rhs.double()
 
 
@@ -135,54 +165,59 @@ def _normal_equations(site, units: int, values: torch.Tensor, target: torch.Tens
 def tune_masks(model: nn.Module, masks: SoftMasks, batches: list) -> dict[str, float]:
     """Least-squares scales for the kept units of every gated site, written into `masks` (0 stays 0).
 
-    Returns the relative reconstruction error of each site's output projection after tuning.
+    Site by site in model order, so each sees the already tuned sites before it: the kept units' scales are
+    chosen so that (pruned residual + block output) matches the dense model's (residual + block output), as in
+    Kwon et al.'s mask tuning. Scales outside [-10, 10] or that do not lower the error are not applied.
+
+    Returns the remaining squared error per site, relative to the target's energy.
     """
     all_sites = resolve_sites(model)
     gates = {**masks.heads, **masks.neurons}
     sites = {n: all_sites[n] for n in all_sites if n in gates and bool((gates[n] == 0).any())}
-    teacher = _teacher_outputs(model, masks, sites, batches)
+    batches = _first_tokens(batches, MAX_TOKENS)
+    teacher = _teacher_targets(model, masks, sites, batches)
     errors = {}
     for name, site in tqdm(sites.items(), desc="mask tuning", unit="site", leave=False):
         gate = gates[name]
         kept = (gate != 0).nonzero().flatten()
         if not len(kept):
             continue
+        projection = _projection(site)
+        bias = projection.bias.float() if projection.bias is not None else 0.0
         gram = rhs = None
-        seen = 0
+        energy = 0.0
         for batch, target in zip(batches, teacher[name], strict=True):
-            captured = {}
+            captured: dict = {}
+            current = {"batch": batch}
 
             def capture(module, args, captured=captured, batch=batch):
                 captured["values"] = _real_tokens(batch, args[0]).float()
                 raise _Stop
 
-            handle = _projection(site).register_forward_pre_hook(capture)
+            handles = [_capture_residual(site, captured, current), projection.register_forward_pre_hook(capture)]
             try:
                 model(**_inputs(batch))
             except _Stop:
                 pass
             finally:
-                handle.remove()
+                for handle in handles:
+                    handle.remove()
             # The gate hook ran first; this site's gates are still 0/1, so kept units' values are unscaled.
-            values = captured["values"]
-            g, r = _normal_equations(site, gate.shape[0], values, target)
+            goal = target - captured["residual"] - bias
+            g, r = _normal_equations(site, gate.shape[0], captured["values"], goal)
             gram = g if gram is None else gram + g
             rhs = r if rhs is None else rhs + r
-            seen += len(values)
-            if seen >= MAX_TOKENS:
-                break
-        current = gate.double()
+            energy += float(goal.double().pow(2).sum())
         sub_gram, sub_rhs = gram[kept][:, kept], rhs[kept]
         damping = 1e-6 * float(sub_gram.diagonal().mean()) + 1e-12
         scales = torch.linalg.solve(sub_gram + damping * torch.eye(len(kept), dtype=sub_gram.dtype), sub_rhs)
-        scales = scales.clamp(0.0, 10.0)
 
-        def loss(m, gram=sub_gram, rhs=sub_rhs):
-            return float(m @ gram @ m - 2 * rhs @ m)
+        def error(m, gram=sub_gram, rhs=sub_rhs, energy=energy):
+            return (float(m @ gram @ m - 2 * rhs @ m) + energy) / max(energy, 1e-30)
 
-        if loss(scales) < loss(current[kept]):
+        if float(scales.abs().max()) <= 10 and error(scales) < error(gate[kept].double()):
             gate[kept] = scales.to(gate.dtype)
-        errors[name] = loss(gate[kept].double())
+        errors[name] = error(gate[kept].double())
     return errors
 
 

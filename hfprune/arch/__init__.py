@@ -2,7 +2,7 @@
 
 from . import bert, distilbert, gpt2, llama, wav2vec2, wavlm, whisper  # noqa: F401  (registration side effects)
 from .registry import ADAPTERS, get_adapter, register_adapter, supported_model_types
-from .sites import AttentionSite, FfnSite, Site, find_stacks, prepared_adapter, resolve_sites
+from .sites import AttentionSite, FfnSite, Site, find_stacks, prepared_adapter, residual_source, resolve_sites
 
 __all__ = [
     "ADAPTERS",
@@ -13,6 +13,7 @@ __all__ = [
     "get_adapter",
     "prepared_adapter",
     "register_adapter",
+    "residual_source",
     "resolve_sites",
     "supported_model_types",
 ]

@@ -34,6 +34,10 @@ class AttentionSpec:
         head_tensors: other parameters/buffers of `module` indexed by head, `{name: dim}`, sliced with the heads.
         replace_when_empty: replace `module` by `EmptyAttention` when it loses every head. Families whose
             module computes zero heads correctly itself (and must keep returning extra outputs) set False.
+        residual: where the residual that this block's output is added to can be read: `"path:i"` is the i-th
+            input of the module at `path` (relative to the layer; an empty path is the layer itself). Mask tuning
+            reconstructs residual + output, as Kwon et al. do. A callable `layer -> str` where it depends on
+            the config.
     """
 
     kind: str
@@ -48,6 +52,7 @@ class AttentionSpec:
     optional: bool = False
     head_tensors: dict[str, int] = field(default_factory=dict)
     replace_when_empty: bool = True
+    residual: str | Callable[[nn.Module], str] = ":0"
 
     def __post_init__(self):
         bad = {a: q for a, q in self.attributes.items() if q not in HEAD_QUANTITIES}
@@ -63,10 +68,12 @@ class FfnSpec:
         inputs: the projections whose *outputs* are the neurons (`[up]`, or `[gate, up]` for gated MLPs).
         output: the projection whose *inputs* are the neurons (down).
         attributes: `{module path: attribute}` pairs that hold the FFN width (Llama's `mlp.intermediate_size`).
+        residual: as in `AttentionSpec`: where the residual added to the FFN's output is read.
     """
 
     inputs: tuple[str, ...]
     output: str
+    residual: str | Callable[[nn.Module], str]
     attributes: dict[str, str] = field(default_factory=dict)
 
 

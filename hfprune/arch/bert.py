@@ -18,6 +18,7 @@ def _attention(kind: str, module: str) -> AttentionSpec:
         o=f"{module}.output.dense",
         head_dim_attr="attention_head_size",
         attributes={"num_attention_heads": "heads", "all_head_size": "width"},
+        residual=f"{module}.output:1",  # BertSelfOutput(hidden_states, input_tensor): LN(dense(h) + input_tensor)
         optional=kind == "cross_attention",  # only BERT-as-decoder with add_cross_attention has it
     )
 
@@ -30,7 +31,7 @@ BERT = register_adapter(
                 name="encoder",
                 path="encoder.layer",
                 attention=(_attention("attention", "attention"), _attention("cross_attention", "crossattention")),
-                ffn=FfnSpec(inputs=("intermediate.dense",), output="output.dense"),
+                ffn=FfnSpec(inputs=("intermediate.dense",), output="output.dense", residual="output:1"),
                 layers_field="num_hidden_layers",
                 ffn_field="intermediate_size",
             ),

@@ -22,7 +22,7 @@ DISTILBERT = register_adapter(
                         attributes={"n_heads": "heads"},
                     ),
                 ),
-                ffn=FfnSpec(inputs=("ffn.lin1",), output="ffn.lin2"),
+                ffn=FfnSpec(inputs=("ffn.lin1",), output="ffn.lin2", residual="ffn:0"),
                 layers_field="n_layers",
                 ffn_field="hidden_dim",
             ),

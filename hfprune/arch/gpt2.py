@@ -22,7 +22,7 @@ GPT2 = register_adapter(
                         attributes={"num_heads": "heads", "split_size": "width"},
                     ),
                 ),
-                ffn=FfnSpec(inputs=("mlp.c_fc",), output="mlp.c_proj"),
+                ffn=FfnSpec(inputs=("mlp.c_fc",), output="mlp.c_proj", residual="ln_2:0"),
                 layers_field="n_layer",
                 ffn_field="n_inner",
             ),

@@ -29,6 +29,7 @@ LLAMA = register_adapter(
                 ffn=FfnSpec(
                     inputs=("mlp.gate_proj", "mlp.up_proj"),
                     output="mlp.down_proj",
+                    residual="post_attention_layernorm:0",
                     attributes={"mlp": "intermediate_size"},
                 ),
                 layers_field="num_hidden_layers",

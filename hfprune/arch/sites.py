@@ -135,6 +135,14 @@ class FfnSite:
 Site = AttentionSite | FfnSite
 
 
+def residual_source(site: Site) -> tuple[nn.Module, int]:
+    """The module whose `index`-th input is the residual that `site`'s output is added to."""
+    layer = site.root.get_submodule(site.layer_path)
+    where = site.spec.residual(layer) if callable(site.spec.residual) else site.spec.residual
+    path, _, index = where.rpartition(":")
+    return (layer.get_submodule(path) if path else layer), int(index)
+
+
 def find_stacks(model: nn.Module, adapter: Adapter | None = None) -> list[Stack]:
     """Find each of the adapter's stacks in `model` (a base model or any task model around it)."""
     adapter = adapter or prepared_adapter(model)

@@ -3,6 +3,13 @@
 from .base import Adapter, AttentionSpec, FfnSpec, StackSpec
 from .registry import register_adapter
 
+
+def _ffn_residual(layer) -> str:
+    # Post-LN layers add the FFN to its own (normalised) input; "stable layer norm" (pre-LN) layers add it to
+    # the input of final_layer_norm.
+    return "final_layer_norm:0" if type(layer).__name__.endswith("StableLayerNorm") else "feed_forward:0"
+
+
 ENCODER = StackSpec(
     name="encoder",
     path="encoder.layers",
@@ -17,7 +24,11 @@ ENCODER = StackSpec(
             attributes={"num_heads": "heads"},
         ),
     ),
-    ffn=FfnSpec(inputs=("feed_forward.intermediate_dense",), output="feed_forward.output_dense"),
+    ffn=FfnSpec(
+        inputs=("feed_forward.intermediate_dense",),
+        output="feed_forward.output_dense",
+        residual=_ffn_residual,
+    ),
     layers_field="num_hidden_layers",
     ffn_field="intermediate_size",
 )

@@ -8,7 +8,7 @@ from .base import Adapter, AttentionSpec, FfnSpec, StackSpec
 from .registry import register_adapter
 
 
-def _attention(kind: str, module: str) -> AttentionSpec:
+def _attention(kind: str, module: str, residual: str = ":0") -> AttentionSpec:
     return AttentionSpec(
         kind=kind,
         module=module,
@@ -17,10 +17,11 @@ def _attention(kind: str, module: str) -> AttentionSpec:
         v="v_proj",
         o=f"{module}.out_proj",
         attributes={"num_heads": "heads"},
+        residual=residual,
     )
 
 
-_FFN = FfnSpec(inputs=("fc1",), output="fc2")
+_FFN = FfnSpec(inputs=("fc1",), output="fc2", residual="final_layer_norm:0")
 
 WHISPER = register_adapter(
     Adapter(
@@ -37,7 +38,10 @@ WHISPER = register_adapter(
             StackSpec(
                 name="decoder",
                 path="decoder.layers",
-                attention=(_attention("attention", "self_attn"), _attention("cross_attention", "encoder_attn")),
+                attention=(
+                    _attention("attention", "self_attn"),
+                    _attention("cross_attention", "encoder_attn", residual="encoder_attn_layer_norm:0"),
+                ),
                 ffn=_FFN,
                 layers_field="decoder_layers",
                 ffn_field="decoder_ffn_dim",
