@@ -193,11 +193,11 @@ def duplicate_units(model, family):
                         fused = site.spec.fused_qkv  # GPT-2: k and v rows follow the q rows in one projection
                         for part, kv in enumerate((site.k, site.v), start=1):
                             shift = part * site.num_heads * d if fused else 0
-                            to, source_rows = slice(shift + copy_ * d, shift + (copy_ + 1) * d), slice(
-                                shift + source * d, shift + (source + 1) * d)
-                            weight_out_in(kv)[to] = weight_out_in(kv)[source_rows]
+                            kv_to = slice(shift + copy_ * d, shift + (copy_ + 1) * d)
+                            kv_rows = slice(shift + source * d, shift + (source + 1) * d)
+                            weight_out_in(kv)[kv_to] = weight_out_in(kv)[kv_rows]
                             if kv.bias is not None:
-                                kv.bias[to] = kv.bias[source_rows]
+                                kv.bias[kv_to] = kv.bias[kv_rows]
                     weight_out_in(site.o)[:, to] = weight_out_in(site.o)[:, rows]
 
 
