@@ -4,9 +4,10 @@ for Transformers", sections 4.2-4.3), and measuring how close a masked model sta
 - Mask rearrangement: within each site, keep as many units as the search chose, but pick *which* ones to
   minimise the second-order loss estimate sum_b (sum_{i removed} g_bi)^2 over per-batch gate gradients, so
   units whose gradients cancel can go together. Greedy best-swap search.
-- Mask tuning: layer by layer (in model order, so each layer sees its pruned predecessors), least-squares
-  scales on the kept heads/neurons so the output projection reproduces the dense model's output. The scales
-  live in the gates and are folded into the weights before surgery.
+- Mask tuning: site by site (in model order, so each sees its pruned predecessors), least-squares scales on
+  the kept heads/neurons so that residual + block output matches the dense model's, which also corrects the
+  drift the pruned earlier layers left in the residual stream. The scales live in the gates and are folded
+  into the weights before surgery.
 """
 
 from __future__ import annotations
