@@ -91,7 +91,8 @@ def calibration_batches(data, tokenizer, args) -> list[dict]:
 
 
 def mean_test_length(data, tokenizer) -> int:
-    lengths = [len(ids) for ids in tokenizer(data["test"]["text"], truncation=True, max_length=128)["input_ids"]]
+    texts = list(data["test"]["text"])
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=128)["input_ids"]]
     return round(sum(lengths) / len(lengths))
 
 
