@@ -19,7 +19,7 @@ from .recipe import Recipe, RecipeError
 from .record import ensure_record
 from .refine import agreement, fold_gates, model_outputs, rearrange, tune_masks
 from .report import PruningReport
-from .search import Plan, search
+from .search import search
 from .surgery import remove_heads, remove_layers, remove_neurons
 
 QUALITY_SAMPLES = 128
@@ -129,7 +129,7 @@ def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningRe
             plan = rearrange(plan, scores, before)
         report.quality["rearrangement"] = agreement(model, plan, probe, dense)
     with SoftMasks(model) as masks:
-        _apply_plan(masks, plan)
+        plan.apply(masks)
         if recipe.tune:
             with report.phase("mask tuning"):
                 tune_masks(model, masks, batches)
@@ -140,17 +140,6 @@ def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningRe
     with report.phase("surgery"):
         remove_heads(model, heads)
         remove_neurons(model, neurons)
-
-
-def _apply_plan(masks: SoftMasks, plan: Plan) -> None:
-    for name, kept in plan.heads.items():
-        gate = masks.heads[name]
-        gate.zero_()
-        gate[kept] = 1.0
-    for name, kept in plan.neurons.items():
-        gate = masks.neurons[name]
-        gate.zero_()
-        gate[kept] = 1.0
 
 
 @torch.no_grad()

@@ -134,19 +134,19 @@ class Recipe:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Recipe:
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError as error:
-            raise RecipeError(f"{path} is not valid YAML: {error}") from error
-        return cls.from_dict(data or {})
+        return cls._read(path, yaml.safe_load, yaml.YAMLError, "YAML")
 
     @classmethod
     def from_json(cls, path: str | Path) -> Recipe:
+        return cls._read(path, json.loads, json.JSONDecodeError, "JSON")
+
+    @classmethod
+    def _read(cls, path, parse, error_type, language: str) -> Recipe:
         try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as error:
-            raise RecipeError(f"{path} is not valid JSON: {error}") from error
-        return cls.from_dict(data)
+            data = parse(Path(path).read_text())
+        except error_type as error:
+            raise RecipeError(f"{path} is not valid {language}: {error}") from error
+        return cls.from_dict({} if data is None else data)
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:

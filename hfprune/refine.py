@@ -256,10 +256,7 @@ def agreement(model: nn.Module, plan_or_masks, batches: list, reference: list) -
         pruned = model_outputs(model, batches)
     else:
         with SoftMasks(model) as masks:
-            for table, gates in ((plan_or_masks.heads, masks.heads), (plan_or_masks.neurons, masks.neurons)):
-                for name, kept in table.items():
-                    gates[name].zero_()
-                    gates[name][kept] = 1.0
+            plan_or_masks.apply(masks)
             pruned = model_outputs(model, batches)
     agree = positions = 0
     kl = 0.0

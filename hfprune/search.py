@@ -28,6 +28,13 @@ class Plan:
     heads: dict[str, list[int]] = field(default_factory=dict)
     neurons: dict[str, list[int]] = field(default_factory=dict)
 
+    def apply(self, masks) -> None:
+        """Set `masks` (a `SoftMasks`) to this plan: 1 for kept units, 0 for the rest of each planned site."""
+        for table, gates in ((self.heads, masks.heads), (self.neurons, masks.neurons)):
+            for name, kept in table.items():
+                gates[name].zero_()
+                gates[name][kept] = 1.0
+
     def removals(self, counts: ModelCount) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
         """The complement: heads and neurons to remove, as `remove_heads`/`remove_neurons` take them."""
         heads = {n: sorted(set(range(counts.sites[n].units)) - set(k)) for n, k in self.heads.items()}
