@@ -149,10 +149,8 @@ def search(counts: ModelCount, scores: Scores, recipe: Recipe) -> Plan:
         candidates[kind].extend(units[keep_at_least:])
     candidates = {k: sorted(v, key=lambda u: -u.score) for k, v in candidates.items()}
 
-    budgets = _budgets(counts, recipe, metric, eligible, forced, candidates)
-    if metric in ("heads", "neurons"):
-        chosen = {k: candidates[k][: _take(candidates[k], budgets[k])] for k in candidates}
-    elif scores.comparable and candidates["heads"] and candidates["neurons"]:
+    budgets = _budgets(counts, recipe, metric, forced, candidates)
+    if "shared" in budgets and scores.comparable and candidates["heads"] and candidates["neurons"]:
         h, n = _best_split(candidates["heads"], candidates["neurons"], budgets["shared"])
         chosen = {"heads": candidates["heads"][:h], "neurons": candidates["neurons"][:n]}
     else:
@@ -164,11 +162,11 @@ def search(counts: ModelCount, scores: Scores, recipe: Recipe) -> Plan:
         members = sorted(m for u in kept_units for m in u.members)
         (plan.neurons if counts.sites[name].kind == "ffn" else plan.heads)[name] = members
     if recipe.round_neurons > 1 and "neurons" in recipe.structures:
-        _round_neurons(plan, counts, scores, recipe, metric, budgets)
+        _round_neurons(plan, counts, scores, recipe, metric)
     return plan
 
 
-def _budgets(counts, recipe, metric, eligible, forced, candidates) -> dict[str, float]:
+def _budgets(counts, recipe, metric, forced, candidates) -> dict[str, float]:
     """What the candidates may spend, after the fixed parts (not pruned, minimums, KV heads) are paid for."""
     forced_cost = sum(u.cost for units in forced.values() for u in units)
     if metric in ("heads", "neurons"):
@@ -186,13 +184,8 @@ def _budgets(counts, recipe, metric, eligible, forced, candidates) -> dict[str, 
             else:
                 budgets[kind] = wanted - forced_kind
         return budgets
-    candidate_cost = sum(u.cost for units in candidates.values() for u in units)
-    if metric == "flops":
-        total = counts.flops
-        fixed = total - candidate_cost
-    else:
-        total = counts.params
-        fixed = total - candidate_cost
+    total = counts.flops if metric == "flops" else counts.params
+    fixed = total - sum(u.cost for units in candidates.values() for u in units)
     budget = recipe.target[metric] * total
     if budget < fixed - 1e-6 * total:
         raise RecipeError(
@@ -206,7 +199,7 @@ def _budgets(counts, recipe, metric, eligible, forced, candidates) -> dict[str, 
     return {"shared": shared, **{k: shared * totals[k] / spread for k in candidates}}
 
 
-def _round_neurons(plan: Plan, counts: ModelCount, scores: Scores, recipe: Recipe, metric: str, budgets) -> None:
+def _round_neurons(plan: Plan, counts: ModelCount, scores: Scores, recipe: Recipe, metric: str) -> None:
     """Round each FFN's kept width to a multiple of `round_neurons`, then give back blocks while over budget."""
     step = recipe.round_neurons
     for name, kept in plan.neurons.items():
