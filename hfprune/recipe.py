@@ -74,6 +74,11 @@ class Recipe:
         True,
     )
     sites: list | None = _help("Prune only sites whose name starts with one of these (e.g. [encoder]).", None)
+    schedule: dict | None = _help(
+        "PruningCallback only: {type: oneshot|cubic, start, end, every}; steps, or fractions of training as "
+        "floats. Default: one-shot after the first step.",
+        None,
+    )
 
     def __post_init__(self):
         for f in fields(self):
@@ -167,7 +172,7 @@ class Recipe:
 
 
 _TYPES = {"dict": dict, "list": list, "str": str, "int": int, "bool": bool, "int | None": (int, type(None)),
-          "list | None": (list, type(None))}
+          "list | None": (list, type(None)), "dict | None": (dict, type(None))}
 
 
 def _check_type(name: str, value: Any, annotation: Any) -> None:

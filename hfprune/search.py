@@ -212,7 +212,7 @@ def _round_neurons(plan: Plan, counts: ModelCount, scores: Scores, recipe: Recip
         spend = lambda: sum(len(k) for k in plan.neurons.values())  # noqa: E731
     else:
         limit = recipe.target[metric] * (counts.flops if metric == "flops" else counts.params)
-        spend = lambda: _planned_cost(plan, counts, metric)  # noqa: E731
+        spend = lambda: planned_cost(plan, counts, metric)  # noqa: E731
     while limit is not None and spend() > limit + 1e-9:
         # Drop the block of `step` least important kept neurons from the FFN where that block matters least.
         options = []
@@ -226,7 +226,7 @@ def _round_neurons(plan: Plan, counts: ModelCount, scores: Scores, recipe: Recip
         plan.neurons[name] = sorted(set(plan.neurons[name]) - set(block))
 
 
-def _planned_cost(plan: Plan, counts: ModelCount, metric: str) -> float:
+def planned_cost(plan: Plan, counts: ModelCount, metric: str) -> float:
     """FLOPs or params of the model once `plan` is applied (exact, from the per-unit costs)."""
     total = counts.flops if metric == "flops" else counts.params
     for name, site in counts.sites.items():

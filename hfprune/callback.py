@@ -1,0 +1,143 @@
+"""`PruningCallback`: prune while fine-tuning with a plain `transformers.Trainer`, one extra line:
+
+```python
+trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=[hfprune.PruningCallback(recipe)])
+```
+
+Soft masks are attached at train begin. Scores accumulate over training steps through the gates (Fisher: sum of
+squared gate gradients per optimizer step; Taylor: sum of |gradient|; magnitude is read from the weights when
+needed). On the recipe's schedule the budget search of one-shot pruning picks the units to keep; gates of the
+others go to 0 and stay there (their units' output is exactly zero through every later optimizer step). At
+train end the zero-gated units are removed physically, so the saved model is small.
+
+Not yet: distillation, resuming a run from a checkpoint with the callback's state, multi-process score
+reduction, movement scores. The pruning metrics reach the Trainer's log history and console, but reporting
+integrations (TensorBoard, W&B) are called before user callbacks and so do not see them yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from transformers import TrainerCallback
+
+from .arch import prepared_adapter
+from .flops import count
+from .importance import Scores, compute_scores
+from .masks import SoftMasks
+from .recipe import Recipe, RecipeError
+from .record import ensure_record
+from .schedule import resolve_schedule
+from .search import Plan, planned_cost, search
+from .surgery import remove_heads, remove_neurons
+
+TRAINING_CRITERIA = ("fisher", "taylor", "magnitude")
+
+
+class PruningCallback(TrainerCallback):
+    """Prune during fine-tuning, on the recipe's schedule, and shrink the model at the end of training.
+
+    Args:
+        recipe: a `Recipe` (or dict) with a `flops` or `params` fraction target, a criterion among
+            fisher/taylor/magnitude, and a `schedule` (`{type: cubic, start: 0.1, end: 0.7, every: 50}`).
+        seq_len: sequence length for the FLOPs budget (default: the recipe's `seq_len`, else 128).
+
+    Example:
+        ```python
+        >>> recipe = hfprune.Recipe(target={"flops": 0.4}, criterion="fisher",
+        ...                         schedule={"type": "cubic", "start": 0.1, "end": 0.6, "every": 20})
+        >>> trainer = Trainer(model, args, train_dataset=train, callbacks=[hfprune.PruningCallback(recipe)])
+        >>> trainer.train()   # the model is physically pruned when this returns
+        ```
+    """
+
+    def __init__(self, recipe: Recipe | dict, seq_len: int | None = None):
+        self.recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
+        self.metric = next(iter(self.recipe.target))
+        if self.metric not in ("flops", "params"):
+            raise RecipeError("PruningCallback needs a flops or params fraction target")
+        if self.recipe.criterion not in TRAINING_CRITERIA:
+            raise RecipeError(
+                f"criterion {self.recipe.criterion!r} is not available during training yet; use one of "
+                f"{TRAINING_CRITERIA}"
+            )
+        if "layers" in self.recipe.structures:
+            raise RecipeError("PruningCallback prunes heads and neurons; structures: [layers] is one-shot only")
+        self.seq_len = seq_len or self.recipe.seq_len or 128
+        self.masks: SoftMasks | None = None
+        self.plan: Plan | None = None
+        self.metrics: dict[str, float] = {}
+
+    # ---------------------------------------------------------------------------------------------- events
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        prepared_adapter(model)
+        self.schedule = resolve_schedule(self.recipe.schedule, self.recipe.target[self.metric], state.max_steps)
+        self.dense = count(model, seq_len=self.seq_len)
+        gradients = self.recipe.criterion in ("fisher", "taylor")
+        self.masks = SoftMasks(model, requires_grad=gradients).attach()
+        self.accumulated = {n: torch.zeros_like(g) for n, g in [*self.masks.heads.items(), *self.masks.neurons.items()]}
+        self.metrics = {"hfprune/flops_kept": 1.0}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.masks is None:
+            return
+        for name, gate in [*self.masks.heads.items(), *self.masks.neurons.items()]:
+            if gate.grad is not None:
+                grad = gate.grad.detach()
+                self.accumulated[name] += grad.pow(2) if self.recipe.criterion == "fisher" else grad.abs()
+                gate.grad = None
+        target = self.schedule.target_at(state.global_step)
+        if target is not None:
+            self._prune_to(model, target)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and self.metrics:
+            logs.update(self.metrics)
+            # The Trainer stored a copy of `logs` just before calling the callbacks.
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1].update(self.metrics)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.masks is None:
+            return
+        heads, neurons = self.masks.zeros()
+        self.masks.remove()
+        self.masks = None
+        remove_heads(model, heads)
+        remove_neurons(model, neurons)
+        record = ensure_record(model)
+        record.recipe = self.recipe.to_dict()
+
+    # ------------------------------------------------------------------------------------------- pruning
+
+    def _scores(self, model) -> Scores:
+        if self.recipe.criterion == "magnitude":
+            scores = compute_scores(model, "magnitude", [])
+        else:
+            scores = Scores(
+                {n: self.accumulated[n].clone() for n in self.masks.heads},
+                {n: self.accumulated[n].clone() for n in self.masks.neurons},
+                comparable=self.recipe.criterion == "fisher",
+            )
+        # What is gone stays gone: a removed unit can never outrank a kept one.
+        for table, gates in ((scores.heads, self.masks.heads), (scores.neurons, self.masks.neurons)):
+            for name, gate in gates.items():
+                table[name] = table[name].float().masked_fill(gate.detach() == 0, float("-inf"))
+        return scores
+
+    @torch.no_grad()
+    def _prune_to(self, model, fraction: float) -> None:
+        recipe = replace(self.recipe, target={self.metric: fraction}, rearrange=False, tune=False)
+        self.plan = search(self.dense, self._scores(model), recipe)
+        self.plan.apply(self.masks)
+        kept = planned_cost(self.plan, self.dense, self.metric)
+        total = self.dense.flops if self.metric == "flops" else self.dense.params
+        heads = sum(len(k) for k in self.plan.heads.values())
+        neurons = sum(len(k) for k in self.plan.neurons.values())
+        self.metrics = {
+            f"hfprune/{self.metric}_kept": kept / total,
+            "hfprune/heads_kept": heads,
+            "hfprune/neurons_kept": neurons,
+        }

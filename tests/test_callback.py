@@ -1,0 +1,103 @@
+"""PruningCallback with a plain transformers.Trainer on a tiny BERT: schedules, logging, final surgery."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+from tiny_models import build
+
+import hfprune
+
+
+class RandomTopics(torch.utils.data.Dataset):
+    """Sequences whose label is whether token 5 appears: learnable, so gradients carry signal."""
+
+    def __init__(self, size=64, length=10, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(6, 99, (size, length), generator=generator)
+        self.labels = torch.randint(0, 2, (size,), generator=generator)
+        self.ids[self.labels == 1, 3] = 5
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        return {"input_ids": self.ids[index], "attention_mask": torch.ones_like(self.ids[index]),
+                "labels": self.labels[index]}
+
+
+def train(model, recipe, tmp_path, steps=12, **kwargs):
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=8, learning_rate=1e-3,
+        logging_steps=2, save_strategy="no", report_to=[], use_cpu=True, **kwargs,
+    )
+    callback = hfprune.PruningCallback(recipe, seq_len=10)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=RandomTopics(), callbacks=[callback])
+    trainer.train()
+    return trainer, callback
+
+
+@pytest.mark.parametrize("criterion", ["fisher", "taylor", "magnitude"])
+def test_gradual_pruning_shrinks_the_model(criterion, tmp_path):
+    model = build("bert")
+    dense_flops = hfprune.count(model, seq_len=10).flops
+    recipe = hfprune.Recipe(target={"flops": 0.5}, criterion=criterion, round_neurons=4,
+                            schedule={"type": "cubic", "start": 2, "end": 8, "every": 2})
+    trainer, callback = train(model, recipe, tmp_path)
+    kept = hfprune.count(model, seq_len=10).flops / dense_flops
+    assert kept <= 0.5 + 1e-9 and kept > 0.3
+    logged = [entry for entry in trainer.state.log_history if "hfprune/flops_kept" in entry]
+    assert logged and logged[-1]["hfprune/flops_kept"] == pytest.approx(kept)
+    fractions = [entry["hfprune/flops_kept"] for entry in logged]
+    assert fractions == sorted(fractions, reverse=True), "the cubic schedule only ever removes more"
+    assert not any(m._forward_pre_hooks for m in model.modules()), "no hooks after training"
+    model.save_pretrained(tmp_path / "saved")
+    reloaded = hfprune.from_pretrained(tmp_path / "saved")
+    batch = RandomTopics(size=4, seed=1)[:4]
+    with torch.no_grad():
+        model.eval()
+        assert torch.equal(model(input_ids=batch["input_ids"]).logits, reloaded(input_ids=batch["input_ids"]).logits)
+
+
+def test_oneshot_schedule_keeps_removed_units_at_zero(tmp_path):
+    model = build("bert")
+    recipe = hfprune.Recipe(target={"flops": 0.6}, schedule={"type": "oneshot", "start": 3}, round_neurons=1)
+    seen = []
+
+    class Spy(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            gates = callback_holder[0].masks
+            if gates is not None and state.global_step > 3:
+                seen.append(sum(int((g == 0).sum()) for g in [*gates.heads.values(), *gates.neurons.values()]))
+
+    callback_holder = []
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=8, per_device_train_batch_size=8,
+                                          save_strategy="no", report_to=[], use_cpu=True)
+    callback = hfprune.PruningCallback(recipe, seq_len=10)
+    callback_holder.append(callback)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=RandomTopics(), callbacks=[callback, Spy()])
+    trainer.train()
+    assert seen and len(set(seen)) == 1 and seen[0] > 0, "after the one-shot step the removed set never changes"
+
+
+@pytest.mark.parametrize(
+    "schedule, message",
+    [
+        ({"type": "cubic", "start": 8, "end": 4}, r"ends \(step 4\) before it starts \(step 8\)"),
+        ({"type": "cubic", "start": 2, "end": 50}, r"step 50 is outside the training run \(steps 1..12\)"),
+        ({"type": "linear"}, "schedule.type must be 'oneshot' or 'cubic'"),
+        ({"type": "cubic", "stop": 3}, r"unknown schedule key\(s\) \['stop'\]"),
+    ],
+)
+def test_bad_schedules_fail_at_train_begin(schedule, message, tmp_path):
+    model = build("bert")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(hfprune.RecipeError, match=message):
+        train(model, hfprune.Recipe(target={"flops": 0.5}, schedule=schedule), tmp_path)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_unsupported_training_criterion_is_named():
+    with pytest.raises(hfprune.RecipeError, match="criterion 'activation' is not available during training"):
+        hfprune.PruningCallback(hfprune.Recipe(criterion="activation"))
