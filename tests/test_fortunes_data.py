@@ -3,27 +3,16 @@ stratified split, batching and the latency/accuracy helpers (on a tiny random BE
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
+import fortunes
 import pytest
 import torch
 import transformers
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fortunes.py"
 REAL_ROOT = Path("/usr/share/games/fortunes")
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location("fortunes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("fortunes", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-fortunes = _load_module()
 
 TOY = {
     # topic -> file text; "shared" is in both topics (dropped), "twice" repeats inside topic a (kept once)

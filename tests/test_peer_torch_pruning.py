@@ -6,9 +6,6 @@ Skipped when the optional `torch_pruning` package is not installed.
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,19 +13,11 @@ import transformers
 
 pytest.importorskip("torch_pruning")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "peer_torch_pruning.py"
+import peer_torch_pruning as peer  # noqa: E402
+
 SEQ_LEN = 16
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location("peer_torch_pruning", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("peer_torch_pruning", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-peer = _load_module()
 
 
 @pytest.fixture(scope="module")
