@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from .arch import find_stacks, prepared_adapter
 from .flops import count
-from .importance import CalibrationError, check_calibration, compute_scores
+from .importance import NEEDS_DATA, check_calibration, compute_scores
 from .masks import SoftMasks
 from .recipe import Recipe, RecipeError
 from .record import ensure_record
@@ -87,12 +87,13 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
     """
     recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
     prepared_adapter(model)
-    needs_data = recipe.criterion != "magnitude" or recipe.tune or "layers" in recipe.structures
-    if needs_data and calibration is None:
-        raise CalibrationError(
-            f"criterion {recipe.criterion!r}{' with mask tuning' if recipe.tune else ''} needs calibration batches"
-        )
-    batches = _limit(check_calibration(calibration, "fisher" if needs_data else recipe.criterion), recipe.num_samples)
+    if "layers" in recipe.structures:
+        needed_by = "layer pruning (block importance)"
+    elif recipe.criterion in NEEDS_DATA:
+        needed_by = f"criterion {recipe.criterion!r}"
+    else:
+        needed_by = "mask tuning" if recipe.tune else None
+    batches = _limit(check_calibration(calibration, needed_by), recipe.num_samples)
     device = next(model.parameters()).device
     batches = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in batches]
     seq_len, encoder_len = mean_lengths(model, batches) if batches else (recipe.seq_len or 128, None)
