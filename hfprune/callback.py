@@ -10,7 +10,9 @@ needed). On the recipe's schedule the budget search of one-shot pruning picks th
 others go to 0 and stay there (their units' output is exactly zero through every later optimizer step). At
 train end the zero-gated units are removed physically, so the saved model is small.
 
-Not yet: distillation, resuming a run from a checkpoint with the callback's state, multi-process score
+With `distill` in the recipe, a frozen copy of the dense model teaches the pruned one (see `distill.py`).
+
+Not yet: resuming a run from a checkpoint with the callback's state, multi-process score
 reduction, movement scores. The pruning metrics reach the Trainer's log history and console, but reporting
 integrations (TensorBoard, W&B) are called before user callbacks and so do not see them yet.
 """
@@ -23,6 +25,7 @@ import torch
 from transformers import TrainerCallback
 
 from .arch import prepared_adapter
+from .distill import Distiller, distill_settings
 from .flops import count
 from .importance import Scores, compute_scores
 from .masks import SoftMasks
@@ -66,6 +69,7 @@ class PruningCallback(TrainerCallback):
             raise RecipeError("PruningCallback prunes heads and neurons; structures: [layers] is one-shot only")
         self.seq_len = seq_len or self.recipe.seq_len or 128
         self.masks: SoftMasks | None = None
+        self.distiller: Distiller | None = None
         self.plan: Plan | None = None
         self.metrics: dict[str, float] = {}
 
@@ -75,6 +79,9 @@ class PruningCallback(TrainerCallback):
         prepared_adapter(model)
         self.schedule = resolve_schedule(self.recipe.schedule, self.recipe.target[self.metric], state.max_steps)
         self.dense = count(model, seq_len=self.seq_len)
+        # The teacher is copied before any gate exists, so it stays the dense model.
+        if self.recipe.distill is not None:
+            self.distiller = Distiller(model, distill_settings(self.recipe.distill))
         gradients = self.recipe.criterion in ("fisher", "taylor")
         self.masks = SoftMasks(model, requires_grad=gradients).attach()
         self.accumulated = {n: torch.zeros_like(g) for n, g in [*self.masks.heads.items(), *self.masks.neurons.items()]}
@@ -105,6 +112,9 @@ class PruningCallback(TrainerCallback):
         heads, neurons = self.masks.zeros()
         self.masks.remove()
         self.masks = None
+        if self.distiller is not None:
+            self.distiller.detach()
+            self.distiller = None
         remove_heads(model, heads)
         remove_neurons(model, neurons)
         record = ensure_record(model)

@@ -74,6 +74,11 @@ class Recipe:
         True,
     )
     sites: list | None = _help("Prune only sites whose name starts with one of these (e.g. [encoder]).", None)
+    distill: dict | None = _help(
+        "PruningCallback only: distil from the dense model, {alpha: 0.5, temperature: 2.0, hidden: 0.0} "
+        "(weight of the KL term, softmax temperature, weight of hidden-state MSE).",
+        None,
+    )
     schedule: dict | None = _help(
         "PruningCallback only: {type: oneshot|cubic, start, end, every}; steps, or fractions of training as "
         "floats. Default: one-shot after the first step.",
@@ -122,6 +127,10 @@ class Recipe:
         for name in ("min_heads", "min_neurons"):
             if getattr(self, name) < 0:
                 raise RecipeError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.distill is not None:
+            from .distill import distill_settings
+
+            distill_settings(self.distill)
         if self.seq_len is not None and self.seq_len < 1:
             raise RecipeError(f"seq_len must be >= 1, got {self.seq_len}")
 

@@ -101,3 +101,24 @@ def test_bad_schedules_fail_at_train_begin(schedule, message, tmp_path):
 def test_unsupported_training_criterion_is_named():
     with pytest.raises(hfprune.RecipeError, match="criterion 'activation' is not available during training"):
         hfprune.PruningCallback(hfprune.Recipe(criterion="activation"))
+
+
+def test_distillation_blends_teacher_into_the_training_loss(tmp_path):
+    model = build("bert")
+    recipe = hfprune.Recipe(target={"flops": 0.6}, distill={"alpha": 1.0, "temperature": 2.0, "hidden": 0.5},
+                            schedule={"type": "oneshot", "start": 2})
+    trainer, callback = train(model, recipe, tmp_path, steps=6)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    # alpha = 1: before pruning the student equals the teacher, so the first logged loss is (nearly) pure
+    # hidden-state and KL mismatch from one optimizer step, far below the task loss of ~0.69.
+    assert losses[0] < 0.2
+    # (transformers installs its own forward hooks on layers to record hidden states; ours are on the model.)
+    assert callback.distiller is None and not model._forward_hooks and not model._forward_pre_hooks
+    assert not any(m._forward_pre_hooks for m in model.modules())
+
+
+def test_bad_distill_settings_are_named():
+    with pytest.raises(hfprune.RecipeError, match=r"unknown distill key\(s\) \['temp'\]"):
+        hfprune.Recipe(distill={"temp": 2})
+    with pytest.raises(hfprune.RecipeError, match=r"distill.alpha must lie in \[0, 1\]"):
+        hfprune.Recipe(distill={"alpha": 2})

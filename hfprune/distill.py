@@ -1,0 +1,93 @@
+"""Distillation from the dense model while pruning, without touching the Trainer.
+
+A frozen copy of the model taken before pruning (the teacher) runs on the same inputs as the student, inside a
+forward pre-hook; a forward hook then replaces the student's `loss` (what the Trainer backpropagates) by
+
+    (1 - alpha) * task loss + alpha * T^2 * KL(teacher(T) || student(T)) + hidden * mean MSE of hidden states
+
+(Hinton et al. 2015; hidden-state matching as in CoFi / DPHuBERT). Only in training mode: evaluation sees the
+plain task loss. Both hooks are removed by `detach()`.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from .recipe import RecipeError
+
+DISTILL_KEYS = {"alpha": 0.5, "temperature": 2.0, "hidden": 0.0}
+
+
+def distill_settings(spec: dict) -> dict[str, float]:
+    """Validated distillation settings from a recipe's `distill` mapping (defaults filled in)."""
+    unknown = sorted(set(spec) - set(DISTILL_KEYS))
+    if unknown:
+        raise RecipeError(f"unknown distill key(s) {unknown}; known: {sorted(DISTILL_KEYS)}")
+    settings = {**DISTILL_KEYS, **spec}
+    for key, value in settings.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"distill.{key} must be a number, got {value!r}")
+    if not 0 <= settings["alpha"] <= 1:
+        raise RecipeError(f"distill.alpha must lie in [0, 1], got {settings['alpha']}")
+    if settings["temperature"] <= 0 or settings["hidden"] < 0:
+        raise RecipeError("distill.temperature must be > 0 and distill.hidden >= 0")
+    return settings
+
+
+class Distiller:
+    """Attach a frozen dense teacher to `model` and blend its soft targets into the training loss."""
+
+    def __init__(self, model: nn.Module, settings: dict[str, float]):
+        self.settings = settings
+        try:
+            self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        except Exception as error:  # e.g. a model that cannot be copied (meta tensors, foreign wrappers)
+            raise RecipeError(f"distillation needs a copy of the dense model as teacher: {error}") from error
+        self._teacher_output = None
+        self._handles = [
+            model.register_forward_pre_hook(self._run_teacher, with_kwargs=True),
+            model.register_forward_hook(self._blend_loss),
+        ]
+
+    def _run_teacher(self, module, args, kwargs):
+        if not module.training:
+            return None
+        if self.settings["hidden"]:
+            kwargs = {**kwargs, "output_hidden_states": True}
+        with torch.no_grad():
+            self._teacher_output = self.teacher(*args, **{k: v for k, v in kwargs.items() if k != "labels"})
+        return args, kwargs
+
+    def _blend_loss(self, module, args, output):
+        teacher, self._teacher_output = self._teacher_output, None
+        if teacher is None:
+            return output
+        if getattr(output, "loss", None) is None or getattr(output, "logits", None) is None:
+            raise RecipeError(
+                f"distillation needs a task loss and logits, but {type(module).__name__} returned neither "
+                "(train with labels and a model that has a task head)"
+            )
+        alpha, temperature = self.settings["alpha"], self.settings["temperature"]
+        student_logits = output.logits.float() / temperature
+        teacher_logits = teacher.logits.float() / temperature
+        kd = nn.functional.kl_div(
+            student_logits.log_softmax(-1).flatten(0, -2),
+            teacher_logits.log_softmax(-1).flatten(0, -2),
+            log_target=True,
+            reduction="batchmean",
+        ) * temperature**2
+        loss = (1 - alpha) * output.loss + alpha * kd
+        if self.settings["hidden"]:
+            pairs = zip(output.hidden_states, teacher.hidden_states, strict=True)
+            loss = loss + self.settings["hidden"] * torch.stack([nn.functional.mse_loss(s, t) for s, t in pairs]).mean()
+        output.loss = loss
+        return output
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.teacher = None
