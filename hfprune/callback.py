@@ -12,17 +12,24 @@ train end the zero-gated units are removed physically, so the saved model is sma
 
 With `distill` in the recipe, a frozen copy of the dense model teaches the pruned one (see `distill.py`).
 
-Not yet: resuming a run from a checkpoint with the callback's state, multi-process score
-reduction, movement scores. The pruning metrics reach the Trainer's log history and console, but reporting
-integrations (TensorBoard, W&B) are called before user callbacks and so do not see them yet.
+The callback's state (gates, accumulated scores, recipe) is written into every Trainer checkpoint as
+`hfprune_callback.json`; a run resumed with `resume_from_checkpoint` picks it up and ends with the same model as
+an uninterrupted run. Resuming with a different recipe is an error.
+
+Not yet: multi-process score reduction, movement scores. The pruning metrics reach the Trainer's log history
+and console, but reporting integrations (TensorBoard, W&B) are called before user callbacks and so do not see
+them yet.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .arch import prepared_adapter
 from .distill import Distiller, distill_settings
@@ -36,6 +43,7 @@ from .search import Plan, planned_cost, search
 from .surgery import remove_heads, remove_neurons
 
 TRAINING_CRITERIA = ("fisher", "taylor", "magnitude")
+CALLBACK_STATE = "hfprune_callback.json"
 
 
 class PruningCallback(TrainerCallback):
@@ -78,6 +86,7 @@ class PruningCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         prepared_adapter(model)
         self.schedule = resolve_schedule(self.recipe.schedule, self.recipe.target[self.metric], state.max_steps)
+        saved = self._saved_state(args, state)
         self.dense = count(model, seq_len=self.seq_len)
         # The teacher is copied before any gate exists, so it stays the dense model.
         if self.recipe.distill is not None:
@@ -86,6 +95,8 @@ class PruningCallback(TrainerCallback):
         self.masks = SoftMasks(model, requires_grad=gradients).attach()
         self.accumulated = {n: torch.zeros_like(g) for n, g in [*self.masks.heads.items(), *self.masks.neurons.items()]}
         self.metrics = {"hfprune/flops_kept": 1.0}
+        if saved is not None:
+            self._restore(saved)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.masks is None:
@@ -98,6 +109,21 @@ class PruningCallback(TrainerCallback):
         target = self.schedule.target_at(state.global_step)
         if target is not None:
             self._prune_to(model, target)
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.masks is None or not args.should_save:
+            return
+        directory = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        gates = {n: g.detach().cpu().tolist() for n, g in [*self.masks.heads.items(), *self.masks.neurons.items()]}
+        payload = {
+            "recipe": self.recipe.to_dict(),
+            "step": state.global_step,
+            "gates": gates,
+            "accumulated": {n: a.cpu().tolist() for n, a in self.accumulated.items()},
+            "metrics": self.metrics,
+        }
+        if directory.is_dir():
+            (directory / CALLBACK_STATE).write_text(json.dumps(payload))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None and self.metrics:
@@ -119,6 +145,31 @@ class PruningCallback(TrainerCallback):
         remove_neurons(model, neurons)
         record = ensure_record(model)
         record.recipe = self.recipe.to_dict()
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+
+    def _saved_state(self, args, state) -> dict | None:
+        """The state saved with the checkpoint this run resumes from (None for a fresh run)."""
+        if state.global_step == 0:
+            return None
+        path = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / CALLBACK_STATE
+        if not path.exists():
+            raise RecipeError(
+                f"resuming at step {state.global_step}, but {path} is missing: the checkpoint was not written by a "
+                "run with PruningCallback, or it lives outside args.output_dir"
+            )
+        saved = json.loads(path.read_text())
+        if saved["recipe"] != self.recipe.to_dict():
+            changed = sorted(k for k in saved["recipe"] if saved["recipe"][k] != self.recipe.to_dict().get(k))
+            raise RecipeError(f"the checkpoint was written with a different recipe (fields {changed} differ)")
+        return saved
+
+    @torch.no_grad()
+    def _restore(self, saved: dict) -> None:
+        for name, gate in [*self.masks.heads.items(), *self.masks.neurons.items()]:
+            gate.copy_(torch.tensor(saved["gates"][name], dtype=gate.dtype))
+            self.accumulated[name].copy_(torch.tensor(saved["accumulated"][name], dtype=gate.dtype))
+        self.metrics = saved["metrics"]
 
     # ------------------------------------------------------------------------------------------- pruning
 

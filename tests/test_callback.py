@@ -122,3 +122,44 @@ def test_bad_distill_settings_are_named():
         hfprune.Recipe(distill={"temp": 2})
     with pytest.raises(hfprune.RecipeError, match=r"distill.alpha must lie in \[0, 1\]"):
         hfprune.Recipe(distill={"alpha": 2})
+
+
+class StopAt(transformers.TrainerCallback):
+    """Simulates a run killed right after the checkpoint of step `step`."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_from_checkpoint_ends_with_the_same_model(tmp_path):
+    recipe = hfprune.Recipe(target={"flops": 0.5}, round_neurons=4,
+                            schedule={"type": "cubic", "start": 2, "end": 10, "every": 2})
+
+    def run(output_dir, extra=(), resume=False, recipe=recipe):
+        model = build("bert")
+        args = transformers.TrainingArguments(
+            output_dir=str(output_dir), max_steps=12, per_device_train_batch_size=8, learning_rate=1e-3,
+            save_strategy="steps", save_steps=6, report_to=[], use_cpu=True, seed=0,
+        )
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=RandomTopics(),
+                                       callbacks=[hfprune.PruningCallback(recipe, seq_len=10), *extra])
+        trainer.train(resume_from_checkpoint=resume or None)
+        return model
+
+    uninterrupted = run(tmp_path / "a")
+    run(tmp_path / "b", extra=[StopAt(6)])
+    assert (tmp_path / "b" / "checkpoint-6" / "hfprune_callback.json").exists()
+    resumed = run(tmp_path / "b", resume=True)
+    assert hfprune.sites(resumed) == hfprune.sites(uninterrupted)
+    expected = uninterrupted.state_dict()
+    for name, tensor in resumed.state_dict().items():
+        assert tensor.shape == expected[name].shape and torch.allclose(tensor, expected[name], atol=1e-6), name
+
+    other = hfprune.Recipe(target={"flops": 0.4}, round_neurons=4,
+                           schedule={"type": "cubic", "start": 2, "end": 10, "every": 2})
+    with pytest.raises(hfprune.RecipeError, match=r"different recipe \(fields \['target'\] differ\)"):
+        run(tmp_path / "b", resume=True, recipe=other)
