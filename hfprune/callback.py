@@ -16,7 +16,10 @@ The callback's state (gates, accumulated scores, recipe) is written into every T
 `hfprune_callback.json`; a run resumed with `resume_from_checkpoint` picks it up and ends with the same model as
 an uninterrupted run. Resuming with a different recipe is an error.
 
-Not yet: multi-process score reduction, movement scores. The pruning metrics reach the Trainer's log history
+Under `torchrun` / `accelerate launch`, gate gradients are averaged over processes before they are scored, so
+every rank decides the same masks and ends with the same model.
+
+Not yet: movement scores. The pruning metrics reach the Trainer's log history
 and console, but reporting integrations (TensorBoard, W&B) are called before user callbacks and so do not see
 them yet.
 """
@@ -44,6 +47,16 @@ from .surgery import remove_heads, remove_neurons
 
 TRAINING_CRITERIA = ("fisher", "taylor", "magnitude")
 CALLBACK_STATE = "hfprune_callback.json"
+
+
+def _mean_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """Average a gate gradient over data-parallel processes. Gates are not model parameters, so DDP does not
+    synchronise them; without this every rank would score (and prune) on its own shard of the data."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        tensor = tensor.clone()
+        torch.distributed.all_reduce(tensor)
+        tensor /= torch.distributed.get_world_size()
+    return tensor
 
 
 class PruningCallback(TrainerCallback):
@@ -103,7 +116,7 @@ class PruningCallback(TrainerCallback):
             return
         for name, gate in [*self.masks.heads.items(), *self.masks.neurons.items()]:
             if gate.grad is not None:
-                grad = gate.grad.detach()
+                grad = _mean_over_processes(gate.grad.detach())
                 self.accumulated[name] += grad.pow(2) if self.recipe.criterion == "fisher" else grad.abs()
                 gate.grad = None
         target = self.schedule.target_at(state.global_step)

@@ -163,3 +163,23 @@ def test_resume_from_checkpoint_ends_with_the_same_model(tmp_path):
                            schedule={"type": "cubic", "start": 2, "end": 10, "every": 2})
     with pytest.raises(hfprune.RecipeError, match=r"different recipe \(fields \['target'\] differ\)"):
         run(tmp_path / "b", resume=True, recipe=other)
+
+
+def test_two_processes_end_with_identical_models(tmp_path):
+    """torchrun with 2 CPU processes (gloo): each rank sees different data, yet both prune the same units."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).parent / "ddp_worker.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               str(worker), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["sites"] == ranks[1]["sites"]
+    assert ranks[0]["state"].keys() == ranks[1]["state"].keys()
+    for name, tensor in ranks[0]["state"].items():
+        assert torch.equal(tensor, ranks[1]["state"][name]), name
+    dense = sum(t.numel() for t in build("bert").state_dict().values())
+    assert sum(t.numel() for t in ranks[0]["state"].values()) < dense
