@@ -172,7 +172,7 @@ def test_two_processes_end_with_identical_models(tmp_path):
     from pathlib import Path
 
     worker = Path(__file__).parent / "ddp_worker.py"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(worker), str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
