@@ -126,10 +126,10 @@ def make_variant(dense, name: str, kind: str, heads: list[int], neurons: list[in
     attention_sites, ffn_sites = site_names(model)
     counts = hfprune.count(model)
     remove_heads, remove_neurons = {}, {}
-    for site, keep in zip(attention_sites, heads):
+    for site, keep in zip(attention_sites, heads, strict=False):
         total = counts.sites[site].units
         remove_heads[site] = sorted(rng.sample(range(total), total - keep))
-    for site, keep in zip(ffn_sites, neurons):
+    for site, keep in zip(ffn_sites, neurons, strict=False):
         total = counts.sites[site].units
         remove_neurons[site] = sorted(rng.sample(range(total), total - keep))
     hfprune.remove_heads(model, remove_heads)
@@ -152,11 +152,11 @@ def non_uniform_shape(dense, target: float, seq_len: int, rng) -> tuple[list[int
     neuron_cost = [counts.sites[s].flops_per_unit for s in ffn_sites]
 
     heads = [rng.randint(max(1, max_heads // 4), max_heads - 1) for _ in range(layers)]
-    budget = target * counts.flops - sum(h * c for h, c in zip(heads, head_cost))
+    budget = target * counts.flops - sum(h * c for h, c in zip(heads, head_cost, strict=False))
     weights = [rng.uniform(0.4, 1.6) for _ in range(layers)]
     total_weight = sum(weights)
     neurons = []
-    for weight, cost in zip(weights, neuron_cost):
+    for weight, cost in zip(weights, neuron_cost, strict=False):
         ideal = budget * weight / total_weight / cost
         rounded = NEURON_MULTIPLE * round(ideal / NEURON_MULTIPLE)
         neurons.append(min(max_neurons, max(NEURON_MULTIPLE, rounded)))

@@ -81,3 +81,22 @@ def test_bad_recipe_and_data_are_reported_without_traceback(model_dir, tmp_path,
                  "--data", str(empty), "--out", str(tmp_path / "o")])
     assert code == 2 and "empty" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_run_text_classification_script(model_dir, tmp_path):
+    import run_text_classification
+
+    sources = write_sources(tmp_path)
+    recipe = tmp_path / "gradual.yaml"
+    recipe.write_text("target: {flops: 0.5}\ncriterion: fisher\nround_neurons: 4\n"
+                      "schedule: {type: cubic, start: 1, end: 4, every: 1}\ndistill: {alpha: 0.5}\n")
+    out = tmp_path / "finetuned"
+    run_text_classification.main([
+        "--model", str(model_dir), "--recipe", str(recipe), "--train_file", str(sources["csv"]),
+        "--validation_file", str(sources["jsonl"]), "--output_dir", str(out), "--max_steps", "6",
+        "--per_device_train_batch_size", "8",
+    ])
+    reloaded = hfprune.from_pretrained(out)
+    dense = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir)
+    assert hfprune.count(reloaded, 8).flops <= 0.5 * hfprune.count(dense, 8).flops + 1
+    assert reloaded.config.id2label == {0: "animal", 1: "thing"}
