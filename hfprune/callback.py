@@ -5,10 +5,11 @@ trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=[hfprun
 ```
 
 Soft masks are attached at train begin. Scores accumulate over training steps through the gates (Fisher: sum of
-squared gate gradients per optimizer step; Taylor: sum of |gradient|; magnitude is read from the weights when
-needed). On the recipe's schedule the budget search of one-shot pruning picks the units to keep; gates of the
-others go to 0 and stay there (their units' output is exactly zero through every later optimizer step). At
-train end the zero-gated units are removed physically, so the saved model is small.
+squared gate gradients per optimizer step; Taylor: sum of |gradient|), or from the weights (movement, Sanh et
+al. 2020: sum over steps of -dL/dW * W per head and neuron; magnitude: read when needed). On the recipe's
+schedule the budget search of one-shot pruning picks the units to keep; gates of the others go to 0 and stay
+there (their units' output is exactly zero through every later optimizer step). At train end the zero-gated
+units are removed physically, so the saved model is small.
 
 With `distill` in the recipe, a frozen copy of the dense model teaches the pruned one (see `distill.py`).
 
@@ -37,7 +38,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .arch import prepared_adapter
 from .distill import Distiller, distill_settings
 from .flops import count
-from .importance import Scores, compute_scores
+from .importance import Scores, compute_scores, movement_step
 from .masks import SoftMasks
 from .recipe import Recipe, RecipeError
 from .record import ensure_record
@@ -45,7 +46,7 @@ from .schedule import resolve_schedule
 from .search import Plan, planned_cost, search
 from .surgery import remove_heads, remove_neurons
 
-TRAINING_CRITERIA = ("fisher", "taylor", "magnitude")
+TRAINING_CRITERIA = ("fisher", "taylor", "magnitude", "movement")
 CALLBACK_STATE = "hfprune_callback.json"
 
 
@@ -110,6 +111,15 @@ class PruningCallback(TrainerCallback):
         self.metrics = {"hfprune/flops_kept": 1.0}
         if saved is not None:
             self._restore(saved)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        # Movement needs the weights' gradients, which exist between backward and the optimizer step.
+        if self.masks is None or self.recipe.criterion != "movement":
+            return
+        heads, neurons = movement_step(model)
+        for name, score in [*heads.items(), *neurons.items()]:
+            if name in self.accumulated:
+                self.accumulated[name] += _mean_over_processes(score.to(self.accumulated[name].device))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.masks is None:
@@ -193,7 +203,7 @@ class PruningCallback(TrainerCallback):
             scores = Scores(
                 {n: self.accumulated[n].clone() for n in self.masks.heads},
                 {n: self.accumulated[n].clone() for n in self.masks.neurons},
-                comparable=self.recipe.criterion == "fisher",
+                comparable=self.recipe.criterion == "fisher",  # movement, like taylor, is a first-order score
             )
         # What is gone stays gone: a removed unit can never outrank a kept one.
         for table, gates in ((scores.heads, self.masks.heads), (scores.neurons, self.masks.neurons)):

@@ -122,9 +122,13 @@ def _progress(batches: list, description: str):
 # ---------------------------------------------------------------------------------------------- criteria
 
 
-@register_criterion("magnitude", needs_data=False)
-@torch.no_grad()
-def magnitude(model: nn.Module, batches: list | None = None) -> Scores:
+def unit_sums(model: nn.Module, values: Callable[[nn.Module], torch.Tensor]) -> tuple[dict, dict]:
+    """Sum an elementwise quantity of the projection weights over each head's and neuron's weights.
+
+    `values(module)` returns a tensor laid out like `weight_out_in(module)` (W^2 for magnitude, -dL/dW * W for
+    movement). A head owns its q rows and o columns, and an equal share of its group's k/v rows; a neuron owns
+    its up (and gate) rows and its down column.
+    """
     heads, neurons = {}, {}
     for name, site in resolve_sites(model).items():
         if isinstance(site, AttentionSite):
@@ -133,20 +137,40 @@ def magnitude(model: nn.Module, batches: list | None = None) -> Scores:
             count, kv, d = site.num_heads, site.num_kv_heads, site.head_dim
             group = count // kv
             if site.spec.fused_qkv:
-                fused = weight_out_in(site.q).float()
+                fused = values(site.q)
                 q, k, v = fused[: count * d], fused[count * d : (count + kv) * d], fused[(count + kv) * d :]
             else:
-                q, k, v = (weight_out_in(m).float() for m in (site.q, site.k, site.v))
-            o = weight_out_in(site.o).float()
-            energy = q.reshape(count, -1).pow(2).sum(1) + o.t().reshape(count, -1).pow(2).sum(1)
-            # A KV head is shared by its group: each query head is charged an equal share of it.
-            kv_energy = (k.reshape(kv, -1).pow(2).sum(1) + v.reshape(kv, -1).pow(2).sum(1)) / group
-            heads[name] = (energy + kv_energy.repeat_interleave(group)).sqrt()
+                q, k, v = (values(m) for m in (site.q, site.k, site.v))
+            own = q.reshape(count, -1).sum(1) + values(site.o).t().reshape(count, -1).sum(1)
+            shared = (k.reshape(kv, -1).sum(1) + v.reshape(kv, -1).sum(1)) / group
+            heads[name] = own + shared.repeat_interleave(group)
         else:
-            energy = sum(weight_out_in(m).float().pow(2).sum(1) for m in site.inputs)
-            down = weight_out_in(site.output).float()
-            neurons[name] = (energy + down.pow(2).sum(0)).sqrt()
-    return Scores(heads, neurons, comparable=False)
+            rows = sum(values(m).sum(1) for m in site.inputs)
+            neurons[name] = rows + values(site.output).sum(0)
+    return heads, neurons
+
+
+@register_criterion("magnitude", needs_data=False)
+@torch.no_grad()
+def magnitude(model: nn.Module, batches: list | None = None) -> Scores:
+    heads, neurons = unit_sums(model, lambda m: weight_out_in(m).float().pow(2))
+    return Scores({n: s.sqrt() for n, s in heads.items()}, {n: s.sqrt() for n, s in neurons.items()}, False)
+
+
+@torch.no_grad()
+def movement_step(model: nn.Module) -> tuple[dict, dict]:
+    """One step of movement scores (Sanh et al. 2020): -dL/dW * W summed per head and neuron. Weights moving
+    towards zero score negative. Needs the parameters' gradients, so it runs inside training (PruningCallback)."""
+
+    def values(module):
+        weight = weight_out_in(module)
+        grad = module.weight.grad
+        if grad is None:
+            return torch.zeros_like(weight, dtype=torch.float32)
+        grad = grad if grad.shape == weight.shape else grad.t()
+        return -(grad.float() * weight.float())
+
+    return unit_sums(model, values)
 
 
 @register_criterion("activation")

@@ -86,6 +86,8 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
         ```
     """
     recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
+    if recipe.criterion == "movement":
+        raise RecipeError("movement scores accumulate during training: use hfprune.PruningCallback, not prune()")
     prepared_adapter(model)
     if "layers" in recipe.structures:
         needed_by = "layer pruning (block importance)"

@@ -50,7 +50,9 @@ class Recipe:
         "importance (ShortGPT); with heads/neurons it is not supported yet.",
         default_factory=lambda: ["heads", "neurons"],
     )
-    criterion: str = _help("Importance criterion: magnitude, activation, taylor or fisher.", "fisher")
+    criterion: str = _help(
+        "Importance criterion: magnitude, activation, taylor or fisher; movement during training only.", "fisher"
+    )
     num_samples: int = _help("At most this many calibration examples are used.", 512)
     seq_len: int | None = _help(
         "Sequence length for the FLOPs budget; default: the calibration data's mean real length.", None
@@ -117,7 +119,7 @@ class Recipe:
             raise RecipeError("structures: `layers` cannot be combined with heads/neurons yet; use it alone")
         from .importance import CRITERIA
 
-        if self.criterion not in CRITERIA:
+        if self.criterion not in CRITERIA and self.criterion != "movement":
             raise RecipeError(f"criterion {self.criterion!r} is unknown; available: {', '.join(sorted(CRITERIA))}")
         if self.gqa not in ("heads", "groups"):
             raise RecipeError(f"gqa must be 'heads' or 'groups', got {self.gqa!r}")

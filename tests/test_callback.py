@@ -38,7 +38,7 @@ def train(model, recipe, tmp_path, steps=12, **kwargs):
     return trainer, callback
 
 
-@pytest.mark.parametrize("criterion", ["fisher", "taylor", "magnitude"])
+@pytest.mark.parametrize("criterion", ["fisher", "taylor", "magnitude", "movement"])
 def test_gradual_pruning_shrinks_the_model(criterion, tmp_path):
     model = build("bert")
     dense_flops = hfprune.count(model, seq_len=10).flops
@@ -183,3 +183,18 @@ def test_two_processes_end_with_identical_models(tmp_path):
         assert torch.equal(tensor, ranks[1]["state"][name]), name
     dense = sum(t.numel() for t in build("bert").state_dict().values())
     assert sum(t.numel() for t in ranks[0]["state"].values()) < dense
+
+
+def test_movement_scores_follow_the_weights_gradients():
+    from hfprune.importance import movement_step
+
+    model = build("bert")
+    model(**RandomTopics(size=8)[:8]).loss.backward()
+    heads, neurons = movement_step(model)
+    layer = model.bert.encoder.layer[1]
+    up, down = layer.intermediate.dense, layer.output.dense
+    expected = -(up.weight.grad * up.weight).sum(1) - (down.weight.grad * down.weight).sum(0)
+    assert torch.allclose(neurons["encoder.1.ffn"], expected, atol=1e-7)
+    assert heads["encoder.0.attention"].shape == (4,)
+    with pytest.raises(hfprune.RecipeError, match="movement scores accumulate during training"):
+        hfprune.prune(model, hfprune.Recipe(criterion="movement"), calibration=[RandomTopics(size=4)[:4]])
