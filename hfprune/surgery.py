@@ -141,8 +141,7 @@ def remove_heads(model: nn.Module, heads: Mapping[str, Iterable[int]]) -> None:
         >>> hfprune.remove_heads(model, {"encoder.0.attention": [1, 3], "encoder.1.attention": [0]})
         ```
     """
-    prepared_adapter(model)
-    all_sites = resolve_sites(model)
+    all_sites = resolve_sites(model)  # resolving also lets the adapter swap in prunable modules
     plan = []
     for name, indices in heads.items():
         site = _site(all_sites, name, AttentionSite, "attention")
@@ -174,8 +173,7 @@ def remove_neurons(model: nn.Module, neurons: Mapping[str, Iterable[int]]) -> No
         >>> hfprune.remove_neurons(model, {"encoder.0.ffn": [5, 9, 100]})
         ```
     """
-    prepared_adapter(model)
-    all_sites = resolve_sites(model)
+    all_sites = resolve_sites(model)  # resolving also lets the adapter swap in prunable modules
     plan = []
     for name, indices in neurons.items():
         site = _site(all_sites, name, FfnSite, "ffn")
