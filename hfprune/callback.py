@@ -20,13 +20,13 @@ an uninterrupted run. Resuming with a different recipe is an error.
 Under `torchrun` / `accelerate launch`, gate gradients are averaged over processes before they are scored, so
 every rank decides the same masks and ends with the same model.
 
-Not yet: movement scores. The pruning metrics reach the Trainer's log history
-and console, but reporting integrations (TensorBoard, W&B) are called before user callbacks and so do not see
-them yet.
+The pruning metrics (`hfprune/flops_kept`, `hfprune/heads_kept`, `hfprune/neurons_kept`) are added to every
+Trainer log, so the console, `state.log_history` and reporting integrations (TensorBoard, W&B, ...) see them.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -97,7 +97,11 @@ class PruningCallback(TrainerCallback):
 
     # ---------------------------------------------------------------------------------------------- events
 
+    def on_init_end(self, args, state, control, **kwargs):
+        self._run_before_reporters()
+
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._run_before_reporters()  # again, for a callback added with `trainer.add_callback`
         prepared_adapter(model)
         self.schedule = resolve_schedule(self.recipe.schedule, self.recipe.target[self.metric], state.max_steps)
         saved = self._saved_state(args, state)
@@ -168,6 +172,26 @@ class PruningCallback(TrainerCallback):
         remove_neurons(model, neurons)
         record = ensure_record(model)
         record.recipe = self.recipe.to_dict()
+
+    def _run_before_reporters(self) -> None:
+        """Move this callback to the front of the Trainer's callback list.
+
+        The Trainer puts reporting integrations (TensorBoard, W&B, ...) before user callbacks, and each callback
+        sees the `logs` dict as it is when its turn comes. `on_log` adds the pruning metrics to that dict, so it
+        must run first. Callbacks are not handed the list, so it is found as the `callbacks` attribute of the
+        object holding a list that holds this callback. Moving an element from position k to 0 leaves the
+        elements after k in place, so an event loop running over the list right now neither skips nor repeats
+        a callback.
+        """
+        for holder in gc.get_referrers(self):
+            if not isinstance(holder, list) or holder[0] is self:
+                continue
+            # The owner is the handler itself, or its `__dict__` on Pythons that keep a separate one.
+            owners = gc.get_referrers(holder)
+            if any((owner.get("callbacks") if isinstance(owner, dict) else getattr(owner, "callbacks", None)) is holder
+                   for owner in owners):
+                holder.remove(self)
+                holder.insert(0, self)
 
     # ---------------------------------------------------------------------------------------- checkpoints
 
