@@ -179,7 +179,8 @@ def goals(rows: list[dict]) -> list[str]:
     return lines
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, title: str = "all-MiniLM-L6-v2 on fortunes topics, pruned without retraining",
+         ) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,17 +189,26 @@ def plot(rows: list[dict], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for method in dict.fromkeys(r["method"] for r in rows[1:]):
         points = sorted((r["flops_kept"], r["accuracy"] * 100) for r in rows if r["method"] == method)
-        style = "-o" if method.startswith("hfprune") else "--s"
+        style = "--s" if method.startswith("tp-") else "-o"
         axis.plot(*zip(*points, strict=True), style, label=method, markersize=4)
     axis.axhline(rows[0]["accuracy"] * 100, color="black", linewidth=0.8, label="dense")
     axis.set_xlabel("fraction of attention + FFN FLOPs kept")
     axis.set_ylabel("test accuracy (%)")
-    axis.set_title("all-MiniLM-L6-v2 on fortunes topics, pruned without retraining")
+    axis.set_title(title)
     axis.invert_xaxis()
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+
+
+def run_header(script: str, start: float) -> str:
+    """One line naming the machine, the versions, the command and its wall time."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return (f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, hfprune {hfprune.__version__}. "
+            f"Command: `python scripts/{Path(script).name} {' '.join(sys.argv[1:])}`. "
+            f"Took {time.perf_counter() - start:.0f} s.")
 
 
 def main(argv=None) -> None:
@@ -208,12 +218,7 @@ def main(argv=None) -> None:
     rows = run(args)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    header = (f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, hfprune {hfprune.__version__}. "
-              f"Command: `python scripts/{Path(__file__).name} {' '.join(sys.argv[1:])}`. "
-              f"Took {time.perf_counter() - start:.0f} s.")
-    text = "\n".join([header, "", markdown(rows, args), "", *goals(rows)])
+    text = "\n".join([run_header(__file__, start), "", markdown(rows, args), "", *goals(rows)])
     (out / "bench.md").write_text(text + "\n")
     (out / "bench.json").write_text(json.dumps(rows, indent=1))
     plot(rows, out / "bench.png")
