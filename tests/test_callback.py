@@ -165,24 +165,105 @@ def test_resume_from_checkpoint_ends_with_the_same_model(tmp_path):
         run(tmp_path / "b", resume=True, recipe=other)
 
 
-def test_two_processes_end_with_identical_models(tmp_path):
-    """torchrun with 2 CPU processes (gloo): each rank sees different data, yet both prune the same units."""
+# ------------------------------------------------------------------------- several processes (gloo on CPU)
+
+
+def _launch(launcher, output):
+    """Run tests/ddp_worker.py in 2 CPU processes (per-device batch 4, global batch 8) with `launcher`."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
 
+    if launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    else:
+        # `accelerate launch --cpu --num_processes 2` starts ONE process (several CPU processes need mpirun and
+        # a hostfile). `--multi_gpu` is Accelerate's torchrun-based launcher; with no visible GPU (emptied
+        # CUDA_VISIBLE_DEVICES) and the worker's use_cpu=True, it runs 2 CPU processes over gloo. Port 0: a free
+        # one. Every setting is a flag, and HF_HOME points to an empty directory, so no user config file is read.
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no",
+                   "--dynamo_backend", "no"]
     worker = Path(__file__).parent / "ddp_worker.py"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(worker), str(tmp_path)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    environment = {**os.environ, "HF_HOME": str(output / "hf_home"), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*command, str(worker), str(output), "--batch", "4"], capture_output=True, text=True,
+                            timeout=300, env=environment)
     assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
-    assert ranks[0]["sites"] == ranks[1]["sites"]
-    assert ranks[0]["state"].keys() == ranks[1]["state"].keys()
-    for name, tensor in ranks[0]["state"].items():
-        assert torch.equal(tensor, ranks[1]["state"][name]), name
-    dense = sum(t.numel() for t in build("bert").state_dict().values())
-    assert sum(t.numel() for t in ranks[0]["state"].values()) < dense
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """Every ddp_worker run in this process, on the 2-process runs' global batch: 1 x 8 instead of 2 x 4."""
+    import ddp_worker
+
+    output = tmp_path_factory.mktemp("one-process")
+    return {name: ddp_worker.run(name, output / name, batch=8) for name in ddp_worker.RUNS}
+
+
+@pytest.fixture(scope="module", params=["torchrun", "accelerate"])
+def two_processes(request, tmp_path_factory):
+    output = tmp_path_factory.mktemp(request.param)
+    _launch(request.param, output)
+    return request.param, output
+
+
+def _ranks(output, name):
+    return [torch.load(output / name / f"rank{rank}.pt") for rank in (0, 1)]
+
+
+def _assert_same_training(two, one):
+    """A 2-process rank against the 1-process run: the same units kept, the same model up to float rounding.
+
+    Per step the 2-process gradient is the mean of two 4-example means, the 1-process one an 8-example mean: the
+    same number, summed in another order, so float32 results differ in the last bits (~1e-7 relative). Adam turns
+    that into weight differences of ~1e-8..1e-7 after 10 steps; atol 1e-5 leaves a 100x margin, yet one Adam
+    step moves weights by ~lr = 1e-3, so a gradient off by any factor, or a step on other examples, fails.
+    """
+    assert two["sites"] == one["sites"]
+    assert two["kept"] == one["kept"], "the 2-process run pruned other units"
+    for unit, score in one["scores"].items():
+        assert (two["scores"][unit] - score).abs().max() <= 1e-4 * score.abs().max(), unit
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-5)
+    for key, tensor in one["state"].items():
+        assert two["state"][key].shape == tensor.shape, key
+        assert torch.allclose(two["state"][key], tensor, rtol=0, atol=1e-5), key
+
+
+def test_two_processes_end_with_identical_models(two_processes, one_process):
+    """2 CPU processes (gloo) under torchrun and under accelerate launch: each rank sees other examples, yet both
+    (and the model saved by rank 0) end identical, and equal to one process on the same global batch."""
+    launcher, output = two_processes
+    for name, single in one_process.items():
+        first, second = _ranks(output, name)
+        for rank in (first, second):
+            assert rank["world_size"] == 2 and rank["backend"] == "gloo", f"{launcher} did not start 2 processes"
+            assert rank["distributed_type"] == "DistributedType.MULTI_CPU"
+            assert rank["accelerate_launch"] == (launcher == "accelerate")
+        assert first["sites"] == second["sites"] and first["kept"] == second["kept"], name
+        for table in ("scores", "state"):
+            assert first[table].keys() == second[table].keys()
+            for key, tensor in first[table].items():
+                assert torch.equal(tensor, second[table][key]), (name, key)
+        saved = hfprune.from_pretrained(output / name / "saved")
+        assert hfprune.sites(saved) == first["sites"]
+        saved_state = saved.state_dict()
+        for key, tensor in first["state"].items():
+            assert torch.equal(saved_state[key], tensor), (name, key)
+        dense = build(name.split("+")[0]).state_dict()
+        assert sum(t.numel() for t in first["state"].values()) < sum(t.numel() for t in dense.values())
+        if name != "llama+distill":  # see the next test
+            _assert_same_training(first, single)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "distillation on a causal LM under N processes weighs the KL term N times: the Trainer multiplies the loss by "
+    "N (average_tokens_across_devices) because the task loss is divided by the global token count, while the "
+    "Distiller adds a per-device mean KL to it"))
+def test_distillation_over_two_processes_matches_one_process(two_processes, one_process):
+    _, output = two_processes
+    first, _ = _ranks(output, "llama+distill")
+    _assert_same_training(first, one_process["llama+distill"])
 
 
 def test_movement_scores_follow_the_weights_gradients():
@@ -198,3 +279,75 @@ def test_movement_scores_follow_the_weights_gradients():
     assert heads["encoder.0.attention"].shape == (4,)
     with pytest.raises(hfprune.RecipeError, match="movement scores accumulate during training"):
         hfprune.prune(model, hfprune.Recipe(criterion="movement"), calibration=[RandomTopics(size=4)[:4]])
+
+
+class RandomTokens(torch.utils.data.Dataset):
+    """Random token sequences for a causal LM; the labels are the inputs (the model shifts them)."""
+
+    def __init__(self, size=48, length=12, seed=0):
+        self.ids = torch.randint(3, 99, (size, length), generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        ids = self.ids[index]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+def test_llama_gradual_recipe_keeps_kv_groups_generates_and_reloads(tmp_path):
+    """recipes/llama-gradual-fisher.yaml on a tiny GQA Llama: gradual Fisher pruning with distillation."""
+    import json
+    from dataclasses import replace
+    from pathlib import Path
+
+    recipe = hfprune.Recipe.load(Path(__file__).parents[1] / "recipes" / "llama-gradual-fisher.yaml")
+    assert recipe.gqa == "heads" and recipe.distill is not None and recipe.schedule["type"] == "cubic"
+    # Sized for this run, otherwise the file's recipe: re-prune every 2 steps between its 10% and 60% marks of
+    # 12 steps (steps 1..7), round the 37-wide MLPs to multiples of 4 instead of 64, and count FLOPs at the
+    # tiny model's context of 64 tokens (at 2048 its cost is nearly all attention scores, so only heads would go).
+    recipe = replace(recipe, schedule={**recipe.schedule, "every": 2}, round_neurons=4, seq_len=64)
+    model = build("llama")
+    dense_heads, dense_kv = model.config.num_attention_heads, model.config.num_key_value_heads
+    assert dense_kv < dense_heads, "the tiny Llama must use GQA"
+    dense = hfprune.count(model, seq_len=recipe.seq_len)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=2,
+        save_strategy="no", report_to=[], use_cpu=True,
+    )
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=RandomTokens(),
+                                   callbacks=[hfprune.PruningCallback(recipe)])
+    trainer.train()
+
+    pruned = hfprune.count(model, seq_len=recipe.seq_len)
+    assert pruned.flops <= recipe.target["flops"] * dense.flops + 1e-6 * dense.flops
+    assert pruned.params < dense.params
+    model.save_pretrained(tmp_path / "saved")
+    sites = json.loads((tmp_path / "saved" / "pruning_config.json").read_text())["sites"]
+    attention = [name for name, kind in hfprune.sites(model).items() if kind == "attention"]
+    assert any(sites[name]["num_heads"] < dense_heads for name in attention), "no query head was pruned"
+    assert any(entry.get("num_neurons", 37) < 37 for entry in sites.values()), "no neuron was pruned"
+    group = dense_heads // dense_kv
+    for name in attention:
+        entry = sites[name]
+        heads, kv_heads = entry.get("heads", list(range(dense_heads))), entry.get("kv_heads", list(range(dense_kv)))
+        assert kv_heads == list(range(dense_kv)), "gqa: heads keeps every KV head"
+        per_group = [sum(h // group == g for h in heads) for g in kv_heads]
+        assert entry["num_heads"] == len(heads) and entry["num_kv_heads"] == len(kv_heads)
+        assert entry["num_heads"] % entry["num_kv_heads"] == 0 and len(set(per_group)) == 1 and per_group[0] >= 1
+        layer = model.model.layers[int(name.split(".")[1])].self_attn
+        head_dim = model.config.head_dim
+        assert layer.q_proj.out_features == len(heads) * head_dim == layer.o_proj.in_features
+        assert layer.k_proj.out_features == layer.v_proj.out_features == len(kv_heads) * head_dim
+        assert layer.num_key_value_groups == per_group[0]
+
+    reloaded = hfprune.from_pretrained(tmp_path / "saved")
+    assert hfprune.sites(reloaded) == hfprune.sites(model)
+    prompt = RandomTokens(size=2, length=6, seed=1)[:2]
+    prompt = {"input_ids": prompt["input_ids"], "attention_mask": prompt["attention_mask"]}
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(**prompt).logits, reloaded(**prompt).logits)
+        generated = model.generate(**prompt, max_new_tokens=5, do_sample=False, pad_token_id=0)
+        assert generated.shape == (2, 11)
+        assert torch.equal(generated, reloaded.generate(**prompt, max_new_tokens=5, do_sample=False, pad_token_id=0))
