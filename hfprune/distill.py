@@ -7,6 +7,14 @@ forward pre-hook; a forward hook then replaces the student's `loss` (what the Tr
 
 (Hinton et al. 2015; hidden-state matching as in CoFi / DPHuBERT). Only in training mode: evaluation sees the
 plain task loss. Both hooks are removed by `detach()`.
+
+When the Trainer passes `num_items_in_batch` (labelled items over all gradient-accumulation micro-batches, and
+over all processes with `average_tokens_across_devices`), it expects the loss to be a sum over this micro-batch's
+items divided by that count, and so neither divides by the accumulation steps nor averages over processes
+itself. The Distiller therefore keeps `num_items_in_batch` from the model (whose loss is then a plain mean over
+this micro-batch, whether or not its loss function knew the argument) and scales the whole blend by this
+micro-batch's share of the items. Otherwise the teacher term would weigh N times too much under N processes or
+N accumulation steps, and models that ignore `num_items_in_batch` (e.g. sequence classifiers) would too.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import copy
 
 import torch
 import torch.nn as nn
+from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
 
 from .recipe import RecipeError
 
@@ -47,6 +56,11 @@ class Distiller:
         except Exception as error:  # e.g. a model that cannot be copied (meta tensors, foreign wrappers)
             raise RecipeError(f"distillation needs a copy of the dense model as teacher: {error}") from error
         self._teacher_output = None
+        self._share = 1.0  # this micro-batch's share of `num_items_in_batch`
+        # Count labelled items as the Trainer does: causal LM losses predict labels[..., 1:].
+        self._shifts_labels = LOSS_MAPPING.get(getattr(model, "loss_type", None)) is ForCausalLMLoss and not getattr(
+            model.config, "is_encoder_decoder", False
+        )
         self._handles = [
             model.register_forward_pre_hook(self._run_teacher, with_kwargs=True),
             model.register_forward_hook(self._blend_loss),
@@ -55,6 +69,14 @@ class Distiller:
     def _run_teacher(self, module, args, kwargs):
         if not module.training:
             return None
+        self._share = 1.0
+        num_items = kwargs.get("num_items_in_batch")
+        labels = kwargs.get("labels")
+        if num_items is not None:
+            kwargs = {k: v for k, v in kwargs.items() if k != "num_items_in_batch"}
+            if labels is not None:
+                counted = labels[..., 1:] if self._shifts_labels else labels
+                self._share = counted.ne(-100).sum() / num_items
         if self.settings["hidden"]:
             kwargs = {**kwargs, "output_hidden_states": True}
         with torch.no_grad():
@@ -83,7 +105,7 @@ class Distiller:
         if self.settings["hidden"]:
             pairs = zip(output.hidden_states, teacher.hidden_states, strict=True)
             loss = loss + self.settings["hidden"] * torch.stack([nn.functional.mse_loss(s, t) for s, t in pairs]).mean()
-        output.loss = loss
+        output.loss = loss * self._share
         return output
 
     def detach(self) -> None:

@@ -66,8 +66,9 @@ class Topics(torch.utils.data.Dataset):
                 "labels": ids.clone() if self.causal else self.labels[index]}
 
 
-def run(name: str, output_dir: str | Path, batch: int, steps: int = 10) -> dict:
-    """Train configuration `name` with per-device batch `batch`; write and return this process's result."""
+def run(name: str, output_dir: str | Path, batch: int, steps: int = 10, accumulation: int = 1) -> dict:
+    """Train configuration `name` with per-device batch `batch` (times `accumulation` micro-batches per optimizer
+    step); write and return this process's result."""
     family, criterion, distill = RUNS[name]
     output = Path(output_dir)
     model = build(family, **NO_DROPOUT[family])
@@ -80,7 +81,7 @@ def run(name: str, output_dir: str | Path, batch: int, steps: int = 10) -> dict:
     args = transformers.TrainingArguments(
         output_dir=str(output), max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-3,
         train_sampling_strategy="sequential", save_strategy="no", report_to=[], use_cpu=True, seed=0,
-        logging_steps=2, disable_tqdm=True,
+        logging_steps=2, disable_tqdm=True, gradient_accumulation_steps=accumulation,
         # BERT's classification loss is a per-device mean that ignores `num_items_in_batch`, yet by default
         # (True) the Trainer multiplies it by the number of processes: gradients would double under 2 processes.
         # Causal LM losses divide by the global token count, which is what this setting is for.

@@ -256,14 +256,17 @@ def test_two_processes_end_with_identical_models(two_processes, one_process):
             _assert_same_training(first, single)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "distillation on a causal LM under N processes weighs the KL term N times: the Trainer multiplies the loss by "
-    "N (average_tokens_across_devices) because the task loss is divided by the global token count, while the "
-    "Distiller adds a per-device mean KL to it"))
 def test_distillation_over_two_processes_matches_one_process(two_processes, one_process):
     _, output = two_processes
     first, _ = _ranks(output, "llama+distill")
     _assert_same_training(first, one_process["llama+distill"])
+
+
+def test_distillation_with_gradient_accumulation_matches_one_big_batch(one_process, tmp_path):
+    """2 micro-batches of 4 per optimizer step == batches of 8: the teacher term is not counted twice."""
+    from ddp_worker import run
+
+    _assert_same_training(run("llama+distill", tmp_path, batch=4, accumulation=2), one_process["llama+distill"])
 
 
 def test_movement_scores_follow_the_weights_gradients():
