@@ -5,7 +5,8 @@ The pruning options (budget, criterion, schedule, distillation) come from the re
     python scripts/run_text_classification.py --model out/minilm-fortunes \\
         --train_file train.csv --validation_file val.csv --recipe recipes/bert-gradual-fisher.yaml \\
         --output_dir out/pruned --num_train_epochs 2
-    torchrun --nproc_per_node 2 scripts/run_text_classification.py ...   # or: accelerate launch ...
+    torchrun --nproc_per_node 2 scripts/run_text_classification.py ...
+    accelerate launch --multi_gpu --num_processes 2 scripts/run_text_classification.py ...   # also on CPU
 
 Data: CSV/JSON/text files or a saved `datasets` directory (see `hfprune.data`), with a text column and an
 integer or string label column. The pruned model is saved (reloadable with `hfprune.from_pretrained`) with its
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import torch
 import transformers
 
 import hfprune
@@ -57,6 +59,11 @@ def accuracy(prediction: transformers.EvalPrediction) -> dict[str, float]:
     return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
 
 
+def has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     recipe = hfprune.Recipe.load(args.recipe)  # a bad recipe fails before anything is loaded
@@ -72,12 +79,19 @@ def main(argv=None) -> None:
         config.id2label = dict(enumerate(labels))
         config.num_labels = len(labels)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(args.model, config=config)
+    # The classifier's forward takes **kwargs, so the Trainer would take its loss for one normalised by the
+    # `num_items_in_batch` it passes, and rescale it: times the number of processes under DDP, and not divided
+    # for gradient accumulation. It is a plain per-batch mean.
+    model.accepts_loss_kwargs = False
     label2id = config.label2id or {}
     training_args = transformers.TrainingArguments(
         output_dir=args.output_dir, num_train_epochs=args.num_train_epochs, max_steps=args.max_steps,
         per_device_train_batch_size=args.per_device_train_batch_size, learning_rate=args.learning_rate,
         seed=args.seed, eval_strategy="epoch" if validation is not None else "no", save_strategy="no",
         logging_steps=10, report_to=[], push_to_hub=args.push_to_hub, hub_model_id=args.hub_model_id,
+        # Only when told there is no accelerator does a multi-process launch on CPU (torchrun, `accelerate launch
+        # --multi_gpu`) become one distributed run (gloo) rather than N independent ones.
+        use_cpu=not has_accelerator(),
     )
     trainer = transformers.Trainer(
         model=model,
