@@ -20,8 +20,8 @@ an uninterrupted run. Resuming with a different recipe is an error.
 Under `torchrun` / `accelerate launch`, gate gradients are averaged over processes before they are scored, so
 every rank decides the same masks and ends with the same model.
 
-The pruning metrics (`hfprune/flops_kept`, `hfprune/heads_kept`, `hfprune/neurons_kept`) are added to every
-Trainer log, so the console, `state.log_history` and reporting integrations (TensorBoard, W&B, ...) see them.
+The pruning metrics (`hfprune/flops_kept`, `hfprune/params_kept`, `hfprune/sparsity`, `hfprune/heads_kept`,
+`hfprune/neurons_kept`) are added to every Trainer log, so the console, `state.log_history` and reporting integrations (TensorBoard, W&B, ...) see them.
 """
 
 from __future__ import annotations
@@ -240,12 +240,11 @@ class PruningCallback(TrainerCallback):
         recipe = replace(self.recipe, target={self.metric: fraction}, rearrange=False, tune=False)
         self.plan = search(self.dense, self._scores(model), recipe)
         self.plan.apply(self.masks)
-        kept = planned_cost(self.plan, self.dense, self.metric)
-        total = self.dense.flops if self.metric == "flops" else self.dense.params
-        heads = sum(len(k) for k in self.plan.heads.values())
-        neurons = sum(len(k) for k in self.plan.neurons.values())
+        params_kept = planned_cost(self.plan, self.dense, "params") / self.dense.params
         self.metrics = {
-            f"hfprune/{self.metric}_kept": kept / total,
-            "hfprune/heads_kept": heads,
-            "hfprune/neurons_kept": neurons,
+            "hfprune/flops_kept": planned_cost(self.plan, self.dense, "flops") / self.dense.flops,
+            "hfprune/params_kept": params_kept,
+            "hfprune/sparsity": 1 - params_kept,  # of the whole model's parameters
+            "hfprune/heads_kept": sum(len(k) for k in self.plan.heads.values()),
+            "hfprune/neurons_kept": sum(len(k) for k in self.plan.neurons.values()),
         }

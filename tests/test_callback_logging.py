@@ -32,7 +32,9 @@ def test_reporters_listed_before_the_callback_see_its_metrics(tmp_path):
     pruned = [logs for logs in reporter.received if "hfprune/flops_kept" in logs]
     assert len(pruned) >= 4, reporter.received
     assert pruned[-1]["hfprune/flops_kept"] <= 0.5
-    assert {"hfprune/heads_kept", "hfprune/neurons_kept"} <= set(pruned[-1])
+    last = pruned[-1]
+    assert {"hfprune/heads_kept", "hfprune/neurons_kept"} <= set(last)
+    assert last["hfprune/sparsity"] == 1 - last["hfprune/params_kept"] and 0 < last["hfprune/sparsity"] < 1
     # Every callback still ran exactly once per event: the reporter got each log once.
     assert len(reporter.received) == len(trainer.state.log_history)
 
