@@ -354,3 +354,22 @@ def test_llama_gradual_recipe_keeps_kv_groups_generates_and_reloads(tmp_path):
         generated = model.generate(**prompt, max_new_tokens=5, do_sample=False, pad_token_id=0)
         assert generated.shape == (2, 11)
         assert torch.equal(generated, reloaded.generate(**prompt, max_new_tokens=5, do_sample=False, pad_token_id=0))
+
+
+def test_model_without_supported_blocks_fails_at_train_begin(tmp_path):
+    config = transformers.AlbertConfig(vocab_size=99, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=4, intermediate_size=37)
+    model = transformers.AlbertForSequenceClassification(config)
+    with pytest.raises(hfprune.UnsupportedModelError, match=r"model_type 'albert'.*Supported: bert"):
+        train(model, hfprune.Recipe(target={"flops": 0.5}, schedule={"type": "oneshot", "start": 2}), tmp_path)
+
+
+def test_distillation_without_a_copyable_teacher_fails_at_train_begin(tmp_path):
+    import threading
+
+    model = build("bert")
+    model.lock = threading.Lock()  # deepcopy cannot copy a lock, so no teacher can be made
+    recipe = hfprune.Recipe(target={"flops": 0.5}, schedule={"type": "oneshot", "start": 2}, distill={"alpha": 0.5})
+    with pytest.raises(hfprune.RecipeError, match="distillation needs a copy of the dense model as teacher"):
+        train(model, recipe, tmp_path)
+    assert not model._forward_pre_hooks and not any(m._forward_pre_hooks for m in model.modules())
