@@ -12,6 +12,8 @@ from .masks import SoftMasks  # noqa: E402
 from .prune import prune  # noqa: E402
 from .recipe import Recipe, RecipeError  # noqa: E402
 from .report import PruningReport  # noqa: E402
+from .semi_structured import to_semi_structured  # noqa: E402
+from .sparsity import weight_sparsity  # noqa: E402
 from .surgery import remove_heads, remove_layers, remove_neurons, sites  # noqa: E402
 
 __all__ = [
@@ -38,4 +40,6 @@ __all__ = [
     "save_pretrained",
     "sites",
     "supported_model_types",
+    "to_semi_structured",
+    "weight_sparsity",
 ]

@@ -21,7 +21,13 @@ Under `torchrun` / `accelerate launch`, gate gradients are averaged over process
 every rank decides the same masks and ends with the same model.
 
 The pruning metrics (`hfprune/flops_kept`, `hfprune/params_kept`, `hfprune/sparsity`, `hfprune/heads_kept`,
-`hfprune/neurons_kept`) are added to every Trainer log, so the console, `state.log_history` and reporting integrations (TensorBoard, W&B, ...) see them.
+`hfprune/neurons_kept`) are added to every Trainer log, so the console, `state.log_history` and reporting
+integrations (TensorBoard, W&B, ...) see them.
+
+With `structures: [weights]` single weights are pruned instead, by magnitude, on the same schedule (the
+sparsity rises on the cubic curve; at each pruning step the mask is re-selected among the weights still kept).
+Pruned weights are set back to exactly zero right after every optimizer step (`on_optimizer_step`), so every
+forward pass sees them at 0 and the trained model keeps them; `hfprune/weight_sparsity` is logged.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from .arch import prepared_adapter
 from .distill import Distiller, distill_settings
 from .flops import count
 from .importance import Scores, compute_scores, movement_step
-from .masks import SoftMasks
+from .masks import SoftMasks, WeightMasks
 from .recipe import Recipe, RecipeError
 from .record import ensure_record
 from .schedule import resolve_schedule
@@ -58,6 +64,25 @@ def _mean_over_processes(tensor: torch.Tensor) -> torch.Tensor:
         torch.distributed.all_reduce(tensor)
         tensor /= torch.distributed.get_world_size()
     return tensor
+
+
+def _training_weight_settings(recipe: Recipe):
+    """The recipe's weight settings when it sparsifies weights during training (None otherwise), refusing
+    what training cannot do yet."""
+    settings = recipe.weight_settings()
+    if settings is None:
+        return None
+    if recipe.structures != ["weights"]:
+        raise RecipeError("PruningCallback: structures [weights] cannot be combined with heads/neurons/layers yet; "
+                          "sparsify weights alone, or combine them one-shot with hfprune.prune")
+    if settings.criterion != "magnitude":
+        raise RecipeError(f"PruningCallback: weights.criterion {settings.criterion!r} needs calibration data; during "
+                          "training use magnitude (or sparsify one-shot with hfprune.prune, then fine-tune)")
+    kind = (recipe.schedule or {}).get("type", "cubic" if recipe.schedule else "oneshot")
+    if settings.n_m is not None and kind != "oneshot":
+        raise RecipeError(f"PruningCallback: an N:M pattern ({settings.pattern}) is reached in one step; use a "
+                          "oneshot schedule")
+    return settings
 
 
 class PruningCallback(TrainerCallback):
@@ -80,9 +105,12 @@ class PruningCallback(TrainerCallback):
     def __init__(self, recipe: Recipe | dict, seq_len: int | None = None):
         self.recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
         self.metric = next(iter(self.recipe.target))
-        if self.metric not in ("flops", "params"):
+        self.weights = _training_weight_settings(self.recipe)  # None unless the recipe sparsifies weights alone
+        self.weight_masks: WeightMasks | None = None
+        structured = self.weights is None  # the target and criterion only concern heads and neurons
+        if structured and self.metric not in ("flops", "params"):
             raise RecipeError("PruningCallback needs a flops or params fraction target")
-        if self.recipe.criterion not in TRAINING_CRITERIA:
+        if structured and self.recipe.criterion not in TRAINING_CRITERIA:
             raise RecipeError(
                 f"criterion {self.recipe.criterion!r} is not available during training yet; use one of "
                 f"{TRAINING_CRITERIA}"
@@ -94,6 +122,7 @@ class PruningCallback(TrainerCallback):
         self.distiller: Distiller | None = None
         self.plan: Plan | None = None
         self.metrics: dict[str, float] = {}
+        self.accumulated: dict[str, torch.Tensor] = {}
 
     # ---------------------------------------------------------------------------------------------- events
 
@@ -103,12 +132,18 @@ class PruningCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._run_before_reporters()  # again, for a callback added with `trainer.add_callback`
         prepared_adapter(model)
-        self.schedule = resolve_schedule(self.recipe.schedule, self.recipe.target[self.metric], state.max_steps)
+        # The weights schedule runs on the kept density, like the structured one on the kept FLOPs/params.
+        final = 1 - self.weights.sparsity if self.weights is not None else self.recipe.target[self.metric]
+        self.schedule = resolve_schedule(self.recipe.schedule, final, state.max_steps)
         saved = self._saved_state(args, state)
-        self.dense = count(model, seq_len=self.seq_len)
-        # The teacher is copied before any gate exists, so it stays the dense model.
+        # The teacher is copied before any gate or weight mask exists, so it stays the dense model.
         if self.recipe.distill is not None:
             self.distiller = Distiller(model, distill_settings(self.recipe.distill))
+        if self.weights is not None:
+            self.weight_masks = WeightMasks(model, self.weights)  # the zeros already there stay
+            self.metrics = saved["metrics"] if saved is not None else {"hfprune/weight_sparsity": 0.0}
+            return
+        self.dense = count(model, seq_len=self.seq_len)
         gradients = self.recipe.criterion in ("fisher", "taylor")
         self.masks = SoftMasks(model, requires_grad=gradients).attach()
         self.accumulated = {n: torch.zeros_like(g) for n, g in [*self.masks.heads.items(), *self.masks.neurons.items()]}
@@ -125,7 +160,19 @@ class PruningCallback(TrainerCallback):
             if name in self.accumulated:
                 self.accumulated[name] += _mean_over_processes(score.to(self.accumulated[name].device))
 
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        # Right after the step: momentum and weight decay move pruned weights off zero; the next forward must
+        # see them at exactly 0.
+        if self.weight_masks is not None:
+            self.weight_masks.apply()
+
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.weight_masks is not None:
+            density = self.schedule.target_at(state.global_step)
+            if density is not None:
+                self.weight_masks.prune_to(1 - density)
+                self.metrics = {"hfprune/weight_sparsity": self.weight_masks.sparsity()}
+            return
         if self.masks is None:
             return
         for name, gate in [*self.masks.heads.items(), *self.masks.neurons.items()]:
@@ -138,10 +185,12 @@ class PruningCallback(TrainerCallback):
             self._prune_to(model, target)
 
     def on_save(self, args, state, control, **kwargs):
-        if self.masks is None or not args.should_save:
+        if (self.masks is None and self.weight_masks is None) or not args.should_save:
             return
         directory = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        gates = {n: g.detach().cpu().tolist() for n, g in [*self.masks.heads.items(), *self.masks.neurons.items()]}
+        # Weight masks need no saving: the checkpoint's zeros are the masks when training resumes.
+        gated = [] if self.masks is None else [*self.masks.heads.items(), *self.masks.neurons.items()]
+        gates = {n: g.detach().cpu().tolist() for n, g in gated}
         payload = {
             "recipe": self.recipe.to_dict(),
             "step": state.global_step,
@@ -160,14 +209,19 @@ class PruningCallback(TrainerCallback):
                 state.log_history[-1].update(self.metrics)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if self.masks is None:
+        if self.masks is None and self.weight_masks is None:
+            return
+        if self.distiller is not None:
+            self.distiller.detach()
+            self.distiller = None
+        if self.weight_masks is not None:
+            self.weight_masks.apply()
+            self.weight_masks = None
+            ensure_record(model).recipe = self.recipe.to_dict()
             return
         heads, neurons = self.masks.zeros()
         self.masks.remove()
         self.masks = None
-        if self.distiller is not None:
-            self.distiller.detach()
-            self.distiller = None
         remove_heads(model, heads)
         remove_neurons(model, neurons)
         record = ensure_record(model)

@@ -1,7 +1,8 @@
 """`hfprune.prune`: one-shot, post-training pruning to a budget, without retraining.
 
 Scores every head and neuron on calibration data, searches the kept set under the budget, optionally
-rearranges and tunes the masks (Kwon et al. 2022), then shrinks the model in place and reports.
+rearranges and tunes the masks (Kwon et al. 2022), then shrinks the model in place and reports. With
+`structures: [..., weights]` the weights left after shrinking are then sparsified (`sparsity.py`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-from .arch import find_stacks, prepared_adapter
+from .arch import AttentionSite, find_stacks, prepared_adapter, resolve_sites
 from .flops import count
 from .importance import NEEDS_DATA, check_calibration, compute_scores
 from .masks import SoftMasks
@@ -20,6 +21,7 @@ from .record import ensure_record
 from .refine import agreement, fold_gates, model_outputs, rearrange, tune_masks
 from .report import PruningReport
 from .search import search
+from .sparsity import WEIGHT_CRITERIA, check_widths, sparsify, weight_targets
 from .surgery import remove_heads, remove_layers, remove_neurons
 
 QUALITY_SAMPLES = 128
@@ -75,8 +77,8 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
             model's own predictions stand in). Magnitude alone, without tuning, needs none.
 
     Returns:
-        `PruningReport`: params/FLOPs before and after, kept heads/neurons per site, time per phase, and what
-        rearrangement and mask tuning contributed.
+        `PruningReport`: params/FLOPs before and after, kept heads/neurons per site, time per phase, what
+        rearrangement and mask tuning contributed, and the weight sparsity of each linear (with `weights`).
 
     Example:
         ```python
@@ -86,15 +88,22 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
         ```
     """
     recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
-    if recipe.criterion == "movement":
+    structured = [s for s in recipe.structures if s != "weights"]
+    weights = recipe.weight_settings()
+    if structured and recipe.criterion == "movement":
         raise RecipeError("movement scores accumulate during training: use hfprune.PruningCallback, not prune()")
     prepared_adapter(model)
-    if "layers" in recipe.structures:
+    if weights is not None:
+        _check_weight_pattern(model, recipe, weights)
+    needed_by = None
+    if "layers" in structured:
         needed_by = "layer pruning (block importance)"
-    elif recipe.criterion in NEEDS_DATA:
+    elif structured and recipe.criterion in NEEDS_DATA:
         needed_by = f"criterion {recipe.criterion!r}"
-    else:
-        needed_by = "mask tuning" if recipe.tune else None
+    elif structured and recipe.tune:
+        needed_by = "mask tuning"
+    if needed_by is None and weights is not None and WEIGHT_CRITERIA[weights.criterion].statistic:
+        needed_by = f"weights criterion {weights.criterion!r}"
     batches = _limit(check_calibration(calibration, needed_by), recipe.num_samples)
     device = next(model.parameters()).device
     batches = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in batches]
@@ -105,16 +114,34 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
     was_training = model.training
     model.eval()
     try:
-        if "layers" in recipe.structures:
+        if "layers" in structured:
             _prune_layers(model, recipe, batches, before, report)
-        else:
+        elif structured:
             _prune_units(model, recipe, batches, before, report)
+        if weights is not None:
+            # After the surgery: only what is left is sparsified, calibrated on the already shrunk model.
+            with report.phase("weight sparsity"):
+                report.weight_sparsity = sparsify(model, weights, batches)
+            report.weight_sizes = {t.name: t.module.weight.numel() for t in weight_targets(model)}
     finally:
         model.train(was_training)
     report.after = count(model, seq_len=seq_len, encoder_seq_len=encoder_len)
     record = ensure_record(model)
     record.recipe, record.report = recipe.to_dict(), report.summary()
     return report
+
+
+def _check_weight_pattern(model, recipe: Recipe, weights) -> None:
+    """Refuse an N:M pattern that some layer's inputs cannot tile, now or after head removal, before any change."""
+    check_widths(weight_targets(model), weights)
+    if weights.n_m and "heads" in recipe.structures:
+        m = weights.n_m[1]
+        for name, site in resolve_sites(model).items():
+            if isinstance(site, AttentionSite) and site.num_heads and site.head_dim % m:
+                raise RecipeError(
+                    f"weights.pattern {weights.pattern!r} with head pruning: {name} has head_dim {site.head_dim}, "
+                    f"not a multiple of {m}, so its output projection's inputs would not tile into groups of {m}"
+                )
 
 
 def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningReport) -> None:

@@ -22,7 +22,7 @@ from .errors import HfpruneError
 
 TARGET_FRACTIONS = ("flops", "params")
 TARGET_COUNTS = ("heads", "neurons")
-STRUCTURES = ("heads", "neurons", "layers")
+STRUCTURES = ("heads", "neurons", "layers", "weights")
 
 
 class RecipeError(HfpruneError, ValueError):
@@ -46,8 +46,9 @@ class Recipe:
         default_factory=lambda: {"flops": 0.6},
     )
     structures: list = _help(
-        "What may be removed: any of heads, neurons, layers. `layers` alone removes whole layers by block "
-        "importance (ShortGPT); with heads/neurons it is not supported yet.",
+        "What may be removed: any of heads, neurons, layers, weights. `layers` removes whole layers by block "
+        "importance (ShortGPT); with heads/neurons it is not supported yet. `weights` sets single weights to zero "
+        "(see `weights`), after any structure was removed; `target` and `criterion` do not apply to it.",
         default_factory=lambda: ["heads", "neurons"],
     )
     criterion: str = _help(
@@ -79,6 +80,13 @@ class Recipe:
     distill: dict | None = _help(
         "PruningCallback only: distil from the dense model, {alpha: 0.5, temperature: 2.0, hidden: 0.0} "
         "(weight of the KL term, softmax temperature, weight of hidden-state MSE).",
+        None,
+    )
+    weights: dict | None = _help(
+        "With structures `weights`: {sparsity: 0.5, pattern: unstructured | 'N:M', criterion: magnitude | wanda | "
+        "sparsegpt, scope: layer | global, block_size: 128}. `N:M` zeroes N of every M consecutive inputs "
+        "('2:4' for sparse tensor cores) and implies the sparsity; `global` (magnitude only) uses one threshold "
+        "over all layers; block_size is SparseGPT's column block.",
         None,
     )
     schedule: dict | None = _help(
@@ -115,8 +123,9 @@ class Recipe:
         bad = [s for s in self.structures if s not in STRUCTURES]
         if bad or not self.structures:
             raise RecipeError(f"structures must be a non-empty list of {STRUCTURES}; got {self.structures}")
-        if "layers" in self.structures and len(self.structures) > 1:
+        if "layers" in self.structures and ("heads" in self.structures or "neurons" in self.structures):
             raise RecipeError("structures: `layers` cannot be combined with heads/neurons yet; use it alone")
+        self._check_weights()
         from .importance import CRITERIA
 
         if self.criterion not in CRITERIA and self.criterion != "movement":
@@ -135,6 +144,27 @@ class Recipe:
             distill_settings(self.distill)
         if self.seq_len is not None and self.seq_len < 1:
             raise RecipeError(f"seq_len must be >= 1, got {self.seq_len}")
+
+    def _check_weights(self) -> None:
+        if "weights" not in self.structures:
+            if self.weights is not None:
+                raise RecipeError("`weights` settings are given but structures lacks `weights`; add it")
+            return
+        from .sparsity import weight_settings
+
+        settings = weight_settings(self.weights)
+        if settings.n_m and "neurons" in self.structures and self.round_neurons % settings.n_m[1]:
+            raise RecipeError(
+                f"round_neurons {self.round_neurons} must be a multiple of M in weights.pattern {settings.pattern!r}, "
+                "so that every kept FFN width still tiles into groups of M"
+            )
+        self.weights = settings.to_dict()  # defaults filled in: what was run is what gets recorded
+
+    def weight_settings(self):
+        """The validated `weights` settings (`hfprune.sparsity.WeightSettings`), or None without `weights`."""
+        from .sparsity import weight_settings
+
+        return weight_settings(self.weights) if "weights" in self.structures else None
 
     # ------------------------------------------------------------------------------------------ in and out
 

@@ -21,6 +21,9 @@ class PruningReport:
         quality: refinement step -> `{"agreement", "kl"}` of the masked model against the dense one on the
             calibration data, after that step (what each step contributed).
         layer_scores: block importance per layer, when whole layers were pruned.
+        weight_sparsity: fraction of zero weights per sparsified linear (module path -> fraction), with
+            structures `weights`.
+        weight_sizes: number of weights of each of those linears (to weigh the overall sparsity).
     """
 
     recipe: object
@@ -30,6 +33,8 @@ class PruningReport:
     times: dict[str, float] = field(default_factory=dict)
     quality: dict[str, dict[str, float]] = field(default_factory=dict)
     layer_scores: dict[str, float] = field(default_factory=dict)
+    weight_sparsity: dict[str, float] = field(default_factory=dict)
+    weight_sizes: dict[str, int] = field(default_factory=dict)
 
     @contextmanager
     def phase(self, name: str):
@@ -64,22 +69,49 @@ class PruningReport:
             "kept": {n: list(v) for n, v in self.kept_per_site().items()},
             "times": {k: round(v, 3) for k, v in self.times.items()},
             "quality": self.quality,
+            "weight_sparsity": {n: round(v, 6) for n, v in self.weight_sparsity.items()},
+            "weight_sparsity_overall": self.overall_weight_sparsity,
         }
 
-    def __str__(self) -> str:
-        criterion = getattr(self.recipe, "criterion", "?")
+    @property
+    def overall_weight_sparsity(self) -> float | None:
+        """Fraction of zeros over all sparsified linears together (None without weight sparsity)."""
+        if not self.weight_sparsity:
+            return None
+        sizes = {n: self.weight_sizes.get(n, 1) for n in self.weight_sparsity}
+        return sum(self.weight_sparsity[n] * sizes[n] for n in sizes) / max(sum(sizes.values()), 1)
+
+    def _weight_lines(self) -> list[str]:
+        weights = getattr(self.recipe, "weights", None) or {}
         lines = [
-            f"hfprune: {criterion} on {self.num_samples} samples, target {getattr(self.recipe, 'target', '?')}",
+            "",
+            f"weights: {weights.get('criterion', '?')}, {weights.get('pattern', '?')}, "
+            f"overall {self.overall_weight_sparsity:.1%} zeros",
+        ]
+        width = max(len(name) for name in self.weight_sparsity) + 2
+        lines.append(f"{'layer':<{width}}{'zeros':>8}")
+        lines += [f"{name:<{width}}{value:>8.1%}" for name, value in self.weight_sparsity.items()]
+        return lines
+
+    def __str__(self) -> str:
+        structures = getattr(self.recipe, "structures", None) or ["?"]
+        weights_only = structures == ["weights"]
+        criterion = getattr(self.recipe, "criterion", "?")
+        heading = f"{criterion} on {self.num_samples} samples, target {getattr(self.recipe, 'target', '?')}"
+        lines = [
+            f"hfprune: {'weight sparsity' if weights_only else heading}",
             f"{'':<12}{'before':>16}{'after':>16}{'kept':>8}",
             f"{'params':<12}{self.before.params:>16,}{self.after.params:>16,}{self.params_kept:>8.1%}",
             f"{'GFLOPs':<12}{self.before.flops / 1e9:>16.4g}{self.after.flops / 1e9:>16.4g}{self.flops_kept:>8.1%}"
             f"   (attention + FFN, {self.before.seq_len} tokens)",
-            "",
-            f"{'site':<28}{'kept':>14}",
         ]
-        for name, (before, after) in self.kept_per_site().items():
-            unit = "neurons" if name.endswith("ffn") else "heads"
-            lines.append(f"{name:<28}{after:>6} / {before:<6} {unit}")
+        if not weights_only:
+            lines += ["", f"{'site':<28}{'kept':>14}"]
+            for name, (before, after) in self.kept_per_site().items():
+                unit = "neurons" if name.endswith("ffn") else "heads"
+                lines.append(f"{name:<28}{after:>6} / {before:<6} {unit}")
+        if self.weight_sparsity:
+            lines += self._weight_lines()
         if self.layer_scores:
             lines += ["", "block importance: " + ", ".join(f"{n} {s:.3f}" for n, s in self.layer_scores.items())]
         if self.quality:

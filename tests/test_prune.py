@@ -121,7 +121,7 @@ def test_unlabeled_data_uses_own_predictions():
          r"unknown recipe key\(s\) \['critrion'\]"),
         ({"target": {"flops": 0.5}, "num_samples": "many"}, hfprune.RecipeError, "'num_samples' must be int"),
         ({"target": {"flops": 0.5}, "criterion": "random"}, hfprune.RecipeError, "criterion 'random' is unknown"),
-        ({"target": {"flops": 0.5}, "structures": ["weights"]}, hfprune.RecipeError, "structures must be"),
+        ({"target": {"flops": 0.5}, "structures": ["weight"]}, hfprune.RecipeError, "structures must be"),
         ({"target": {"flops": 0.1}, "min_heads": 4, "min_neurons": 37}, hfprune.RecipeError, "cannot be met"),
     ],
 )
