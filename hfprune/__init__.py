@@ -6,6 +6,7 @@ from .arch import register_adapter, supported_model_types  # noqa: E402
 from .callback import PruningCallback  # noqa: E402
 from .errors import CheckpointError, HfpruneError, PruningSpecError, UnsupportedModelError  # noqa: E402
 from .flops import ModelCount, SiteCount, count  # noqa: E402
+from .hub import push_to_hub  # noqa: E402
 from .importance import CRITERIA, register_criterion  # noqa: E402
 from .io import from_pretrained, save_pretrained  # noqa: E402
 from .masks import SoftMasks  # noqa: E402
@@ -31,6 +32,7 @@ __all__ = [
     "UnsupportedModelError",
     "count",
     "prune",
+    "push_to_hub",
     "register_criterion",
     "from_pretrained",
     "register_adapter",

@@ -1,8 +1,12 @@
-"""Command line: `hfprune prune --model DIR_OR_ID --recipe R --data D --out O`.
+"""Command line.
 
-Loads the model (a plain transformers checkpoint or an hfprune one), builds calibration batches from D with
-the model's own tokenizer, prunes per the recipe, and saves a reloadable model, its tokenizer, and the report
-(`pruning_report.txt`).
+`hfprune prune --model DIR_OR_ID --recipe R --data D --out O [--push-to-hub ID]` loads the model (a plain
+transformers checkpoint or an hfprune one), builds calibration batches from D with the model's own tokenizer,
+prunes per the recipe, and saves a reloadable model, its tokenizer, the report (`pruning_report.txt`) and a model
+card (`README.md` + `pruning.png`); with `--push-to-hub` that directory is then uploaded in one commit.
+
+`hfprune report DIR_OR_ID [--compare DENSE] [--plot PNG] [--seq-len N]` prints params, FLOPs and what each layer
+kept for any pruned checkpoint, and with `--compare` the measured CPU latency of both models side by side.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import HfpruneError
+from .errors import CheckpointError, HfpruneError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,18 +31,35 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--label-column", help="column holding integer or string labels (default: label)")
     prune.add_argument("--batch-size", type=int, default=16, help="calibration batch size")
     prune.add_argument("--max-length", type=int, default=128, help="truncate calibration texts to this many tokens")
+    prune.add_argument("--push-to-hub", metavar="ID", help="then upload the output directory to this Hub repo")
+    prune.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+
+    report = commands.add_parser("report", help="params, FLOPs and kept heads/neurons per layer of a checkpoint")
+    report.add_argument("checkpoint", metavar="DIR_OR_ID", help="pruned checkpoint: local directory or Hub id")
+    report.add_argument("--compare", metavar="DENSE", help="dense checkpoint to measure against (adds CPU latency)")
+    report.add_argument("--plot", metavar="PNG", help="write a plot of the kept fraction per layer")
+    report.add_argument("--seq-len", type=int, help="sequence length for FLOPs and latency (default: the one "
+                        "recorded at pruning time, else 128)")
+    report.add_argument("--runs", type=int, default=5, help="timed forward passes per model with --compare")
     return parser
 
 
 def prune_command(args: argparse.Namespace) -> None:
     import transformers
 
+    from .card import write_card
     from .data import load_dataset, text_batches
     from .io import from_pretrained, save_pretrained
     from .prune import prune
     from .recipe import Recipe
+    from .summary import summarize
 
     recipe = Recipe.load(args.recipe)  # before anything heavy: a bad recipe fails in a second
+    if args.push_to_hub:
+        from .hub import check_repo_id, resolve_token
+
+        check_repo_id(args.push_to_hub)  # a bad id or no token: say so now, not after pruning
+        resolve_token(None)
     model = from_pretrained(args.model)
     batches = None
     tokenizer = None
@@ -62,7 +83,63 @@ def prune_command(args: argparse.Namespace) -> None:
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     (out / "pruning_report.txt").write_text(str(report) + "\n")
+    base_model = None if Path(args.model).is_dir() else args.model
+    write_card(out, summarize(model, report=report, base_model=base_model), args.push_to_hub or str(out))
     print(f"saved to {out} (reload with hfprune.from_pretrained({str(out)!r}))")
+    if args.push_to_hub:
+        from .hub import upload_folder
+
+        url = upload_folder(out, args.push_to_hub, private=args.private or None)
+        print(f"pushed to {args.push_to_hub}: {url}")
+
+
+def _checkpoint(path_or_id: str) -> Path:
+    """The local directory of a pruned checkpoint, or a CheckpointError saying what is missing."""
+    from .io import PRUNING_CONFIG, _local_directory
+
+    directory = _local_directory(path_or_id, None, None)
+    if not (directory / "config.json").exists():
+        raise CheckpointError(
+            f"{path_or_id} is not a checkpoint: it has no config.json (expected a directory written by "
+            "save_pretrained or hfprune.save_pretrained)"
+        )
+    if not (directory / PRUNING_CONFIG).exists():
+        raise CheckpointError(
+            f"{path_or_id} is not a pruned checkpoint: it has config.json but no {PRUNING_CONFIG}. Prune it with "
+            "`hfprune prune`, or save a pruned model with hfprune.save_pretrained"
+        )
+    return directory
+
+
+def report_command(args: argparse.Namespace) -> None:
+    from .console import print_summary
+    from .io import from_pretrained
+    from .latency import dummy_inputs, measure_latency
+    from .summary import summarize
+
+    directory = _checkpoint(args.checkpoint)
+    notes = []
+    if args.compare:
+        model, dense = from_pretrained(directory), from_pretrained(args.compare)
+        summary = summarize(model, dense=dense, seq_len=args.seq_len)
+        # Both models see the same inputs, built for the dense one (the pruned one accepts whatever it does).
+        inputs = dummy_inputs(dense, seq_len=summary.seq_len)
+        seconds = measure_latency({"dense": dense, "pruned": model}, inputs, runs=args.runs)
+        before, after = seconds["dense"] * 1e3, seconds["pruned"] * 1e3
+        summary.metrics = {"before": {"CPU latency (ms)": before}, "after": {"CPU latency (ms)": after}}
+        notes.append(
+            f"FLOPs kept {summary.flops[1] / summary.flops[0]:.1%}, params kept "
+            f"{summary.params[1] / summary.params[0]:.1%}, latency {after / before:.1%} of dense "
+            f"({before / after:.2f}x faster; median of {args.runs} runs, batch 1, {summary.seq_len} tokens/frames)"
+        )
+    else:
+        # Counting needs shapes only: build the pruned model on the meta device, without reading the weights.
+        summary = summarize(from_pretrained(directory, device="meta"), seq_len=args.seq_len)
+    print_summary(summary, notes=notes)
+    if args.plot:
+        from .plot import plot_kept
+
+        print(f"plot written to {plot_kept(summary, args.plot)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "prune":
             prune_command(args)
+        elif args.command == "report":
+            report_command(args)
     except HfpruneError as error:
         print(f"hfprune: error: {error}", file=sys.stderr)
         return 2

@@ -15,3 +15,9 @@ class PruningSpecError(HfpruneError, ValueError):
 
 class CheckpointError(HfpruneError, ValueError):
     """A checkpoint on disk is missing, malformed or disagrees with itself."""
+
+
+class HubError(HfpruneError, RuntimeError):
+    """Publishing to the Hugging Face Hub failed (no token, refused token, no such namespace, no network).
+
+    The message says what to do; it never contains the token, and the files that were to be pushed are kept."""

@@ -8,6 +8,7 @@ the meta device (no dense weights are allocated), reshapes it from that file, th
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -48,6 +49,8 @@ def pruning_config(model: nn.Module) -> dict:
         for key, table, size in tables:
             if name in table and len(table[name]) == size:
                 entry[key] = table[name]
+            if key in record.dense.get(name, {}):
+                entry[f"num_dense_{key}"] = record.dense[name][key]
         sites[name] = entry
     layers = {}
     for stack in find_stacks(model):
@@ -88,6 +91,25 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, **kwarg
         _move_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def loads_without_hfprune(model: nn.Module) -> bool:
+    """Whether a checkpoint of `model` loads with plain `AutoModel*.from_pretrained`, without hfprune.
+
+    True when the model that transformers builds from `model.config` alone has exactly the parameters and buffers
+    of `model`, name for name and shape for shape: the config expresses every pruned shape (uniform GQA pruning
+    of Llama-family models, a uniform FFN width, removed layers), so `pruning_config.json` is only a record.
+
+    Args:
+        model: a (pruned) model.
+
+    Returns:
+        `bool`.
+    """
+    with init_empty_weights(include_buffers=False):
+        plain = type(model)._from_config(copy.deepcopy(model.config))
+    ours, theirs = model.state_dict(), plain.state_dict()
+    return ours.keys() == theirs.keys() and all(ours[k].shape == theirs[k].shape for k in ours)
 
 
 def _move_into_place(staging: Path, target: Path) -> None:
@@ -270,7 +292,8 @@ def from_pretrained(
         path_or_repo_id: local directory or Hub repository id.
         model_class: the transformers class to build; defaults to `config.architectures[0]`.
         revision, token: passed to the Hub download when `path_or_repo_id` is a repo id.
-        device: where to put the model (default: CPU).
+        device: where to put the model (default: CPU). `"meta"` builds the pruned shapes without reading the
+            weights: enough for `hfprune.count` and reports, at no memory cost.
 
     Returns:
         The model in eval mode, with the pruning record attached (so a later save keeps it).
@@ -291,13 +314,21 @@ def from_pretrained(
     prepared_adapter(model)
     if spec is not None:
         _reshape(model, spec, directory / PRUNING_CONFIG)
-    _load_weights(model, directory)
+    if str(device) != "meta":
+        _load_weights(model, directory)
+    else:
+        model.tie_weights()  # so shared embeddings count once, as they do in the loaded model
     if spec is not None:
         record = ensure_record(model)
         record.heads = {n: e["heads"] for n, e in spec["sites"].items() if "heads" in e}
         record.kv_heads = {n: e["kv_heads"] for n, e in spec["sites"].items() if "kv_heads" in e}
         record.neurons = {n: e["neurons"] for n, e in spec["sites"].items() if "neurons" in e}
         record.layers = {n: e["kept"] for n, e in spec["layers"].items() if "kept" in e}
+        record.dense = {
+            n: {k[len("num_dense_"):]: v for k, v in e.items() if k.startswith("num_dense_")}
+            for n, e in spec["sites"].items()
+            if any(k.startswith("num_dense_") for k in e)
+        }
         record.recipe, record.report = spec.get("recipe"), spec.get("report")
     if (directory / "generation_config.json").exists() and hasattr(model, "generation_config"):
         model.generation_config = transformers.GenerationConfig.from_pretrained(directory)

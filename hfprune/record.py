@@ -23,6 +23,8 @@ class PruningRecord:
         heads: site name -> kept original query-head indices.
         kv_heads: site name -> kept original KV-head indices.
         neurons: site name -> kept original FFN neuron indices.
+        dense: site name -> {"heads" | "kv_heads" | "neurons": size before the first surgery}, so reports can say
+            "6 of 12" for a model pruned by surgery or during training, without its dense original at hand.
         recipe: the recipe that produced the model, when there was one (written to pruning_config.json).
         report: a summary of the pruning report, when there was one.
     """
@@ -31,12 +33,15 @@ class PruningRecord:
     heads: dict[str, list[int]] = field(default_factory=dict)
     kv_heads: dict[str, list[int]] = field(default_factory=dict)
     neurons: dict[str, list[int]] = field(default_factory=dict)
+    dense: dict[str, dict[str, int]] = field(default_factory=dict)
     recipe: dict | None = None
     report: dict | None = None
 
     def keep(self, table: str, site: str, current: int, kept: list[int]) -> None:
         """Record that `kept` (current indices) survive at `site`, whose current size is `current`."""
         entries = getattr(self, table)
+        if site not in entries:
+            self.dense.setdefault(site, {})[table] = current
         original = entries.get(site, list(range(current)))
         entries[site] = [original[i] for i in kept]
 
@@ -45,7 +50,7 @@ class PruningRecord:
         original = self.layers.get(stack, list(range(current)))
         self.layers[stack] = [original[i] for i in kept]
         new_position = {old: new for new, old in enumerate(kept)}
-        for table in (self.heads, self.kv_heads, self.neurons):
+        for table in (self.heads, self.kv_heads, self.neurons, self.dense):
             moved = {}
             for name, value in table.items():
                 site_stack, index, kind = name.split(".")
