@@ -39,11 +39,18 @@ def inverse_hessian_factor(hessian: torch.Tensor, damping: float = DAMPING) -> t
         return None
     mean_diagonal = float(hessian.diagonal().mean())
     amount = damping * (mean_diagonal if mean_diagonal > 0 else 1.0)  # all-zero inputs: H = 0, any damping works
-    identity = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
+    # At most three in x in matrices live at once besides the caller's H (the damped copy or the inverse, and a
+    # Cholesky factor): this is the largest temporary of the whole pass, so it is kept small.
     for _ in range(MAX_DAMPING_TRIES):
-        lower, info = torch.linalg.cholesky_ex(hessian + amount * identity)
+        damped = hessian.clone()
+        damped.diagonal().add_(amount)
+        lower, info = torch.linalg.cholesky_ex(damped)
+        del damped
         if int(info) == 0:
-            factor, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+            inverse = torch.cholesky_inverse(lower)
+            del lower
+            factor, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            del inverse
             if int(info) == 0 and torch.isfinite(factor).all():
                 return factor
         amount *= 10
