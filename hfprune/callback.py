@@ -181,7 +181,7 @@ class PruningCallback(TrainerCallback):
                 self.accumulated[name] += grad.pow(2) if self.recipe.criterion == "fisher" else grad.abs()
                 gate.grad = None
         target = self.schedule.target_at(state.global_step)
-        if target is not None:
+        if target is not None and (target < 1 or self.plan is not None):  # a cubic schedule starts at "keep all"
             self._prune_to(model, target)
 
     def on_save(self, args, state, control, **kwargs):
