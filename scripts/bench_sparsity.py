@@ -350,12 +350,12 @@ def goals(result: dict) -> list[str]:
     if top is not None:
         gap = (dense - top["oneshot_accuracy"]) * 100
         lines.append(f"- one-shot 50% unstructured within 1 point of dense with Wanda or SparseGPT: best "
-                     f"{top['criterion']}, {gap:.1f} points below -> {'PASS' if gap <= 1 else 'FAIL'}")
+                     f"{top['criterion']}, {-gap:+.1f} points vs dense -> {'PASS' if gap <= 1 else 'FAIL'}")
     top = best("2:4", CRITERIA, "finetuned_accuracy")
     if top is not None:
         gap = (dense - top["finetuned_accuracy"]) * 100
-        lines.append(f"- 2:4 within 2 points of dense after fine-tuning: best {top['criterion']}, {gap:.1f} points "
-                     f"below -> {'PASS' if gap <= 2 else 'FAIL'}")
+        lines.append(f"- 2:4 within 2 points of dense after fine-tuning: best {top['criterion']}, {-gap:+.1f} points "
+                     f"vs dense -> {'PASS' if gap <= 2 else 'FAIL'}")
     if result["memory"]:
         worst = max(result["memory"], key=lambda m: m["ratio"])
         lines.append(f"- SparseGPT peak memory above the baseline < 2x the largest layer's working set: "
