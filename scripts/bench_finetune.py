@@ -62,7 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--calibration-batch-size", type=int, default=32)
     parser.add_argument("--overhead-steps", type=int, default=60, help="steps per timed run of the overhead check")
     parser.add_argument("--overhead-only", action="store_true", help="only the callback overhead check")
-    parser.add_argument("--overhead-rounds", type=int, default=3, help="alternating runs per variant (0: skip)")
+    parser.add_argument("--overhead-rounds", type=int, default=2,
+                        help="counted alternating runs per variant, after one warm-up round (0: skip)")
     parser.add_argument("--model-dir", default="out/minilm-fortunes", help="cache of the fine-tuned dense model")
     parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs of the dense model")
     parser.add_argument("--latency-batch-size", type=int, default=32)
@@ -134,8 +135,8 @@ def callback_overhead(dense, context) -> dict[str, float]:
 
     Each variant trains `--overhead-steps` steps with the shipped gradual recipe and its own schedule (start at
     10%, end at 60%, re-prune every 50 steps, so a search falls inside the window), and the variants alternate,
-    round after round, so machine noise hits them alike. Steps are timed one by one (`StepTimer`); the first two of
-    each run (warm-up) are left out, as is the Trainer's start-up.
+    round after round, so machine noise hits them alike; a first, uncounted round warms the process up. Steps are
+    timed one by one (`StepTimer`); the first two of each run are left out, as is the Trainer's start-up.
     """
     args = context["args"]
     recipe = replace(hfprune.Recipe.load(GRADUAL_RECIPE), target={"flops": 0.4})
@@ -145,12 +146,13 @@ def callback_overhead(dense, context) -> dict[str, float]:
         "with callback + distillation": lambda: [hfprune.PruningCallback(recipe, seq_len=context["seq_len"])],
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.overhead_rounds):
+    for round_ in range(args.overhead_rounds + 1):
         for name, callbacks in variants.items():
             timer = StepTimer()
             fine_tune(copy.deepcopy(dense), context["tokenizer"], context["train"], args, args.overhead_steps,
                       [timer, *callbacks()])
-            times[name] += timer.seconds[2:]
+            if round_ > 0:  # the first round warms the process up (allocator, caches) and is not counted
+                times[name] += timer.seconds[2:]
             print(f"overhead: {name:<30} {statistics.mean(timer.seconds[2:]):.3f} s/step", flush=True)
     return {name: statistics.mean(values) for name, values in times.items()}
 
