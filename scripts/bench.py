@@ -211,19 +211,26 @@ def run_header(script: str, start: float) -> str:
             f"Took {time.perf_counter() - start:.0f} s.")
 
 
+def write_report(out_dir: str | Path, stem: str, text: str, payload) -> Path:
+    """Write `text` to `out_dir/stem.md` and `payload` to `out_dir/stem.json`, print `text`; returns
+    `out_dir/stem` (for the plot beside them)."""
+    path = Path(out_dir) / stem
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".md").write_text(text + "\n")
+    path.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+    print(text)
+    return path
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.manual_seed(0)
     start = time.perf_counter()
     rows = run(args)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     text = "\n".join([run_header(__file__, start), "", markdown(rows, args), "", *goals(rows)])
-    (out / "bench.md").write_text(text + "\n")
-    (out / "bench.json").write_text(json.dumps(rows, indent=1))
-    plot(rows, out / "bench.png")
-    print(text)
-    print(f"wrote {out / 'bench.md'}, {out / 'bench.json'}, {out / 'bench.png'}")
+    path = write_report(args.out_dir, "bench", text, rows)
+    plot(rows, path.with_suffix(".png"))
+    print(f"wrote {path}.md, .json, .png")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -43,7 +42,7 @@ import hfprune  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import fortunes  # noqa: E402
-from bench import calibration_batches, mean_test_length, plot, run_header  # noqa: E402
+from bench import calibration_batches, mean_test_length, plot, run_header, write_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ONESHOT_RECIPE = ROOT / "recipes" / "bert-heads-ffn-fisher.yaml"
@@ -238,17 +237,13 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     start = time.perf_counter()
     rows, overhead = run(args)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     text = "\n".join([run_header(__file__, start), "", markdown(rows, overhead, args), "", *goals(rows, overhead)])
-    stem = out / ("bench_finetune_overhead" if args.overhead_only else "bench_finetune")
-    stem.with_suffix(".md").write_text(text + "\n")
-    stem.with_suffix(".json").write_text(json.dumps({"rows": rows, "overhead": overhead}, indent=1))
+    stem = "bench_finetune_overhead" if args.overhead_only else "bench_finetune"
+    path = write_report(args.out_dir, stem, text, {"rows": rows, "overhead": overhead})
     if not args.overhead_only:
-        plot(rows, stem.with_suffix(".png"),
+        plot(rows, path.with_suffix(".png"),
              title=f"all-MiniLM-L6-v2 on fortunes topics, pruned with {args.steps} training steps")
-    print(text)
-    print(f"wrote {stem}.*")
+    print(f"wrote {path}.*")
 
 if __name__ == "__main__":
     main()

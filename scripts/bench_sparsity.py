@@ -71,7 +71,7 @@ from hfprune.sparsity import weight_targets  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import fortunes  # noqa: E402
-from bench import calibration_batches, run_header  # noqa: E402
+from bench import calibration_batches, run_header, write_report  # noqa: E402
 from bench_finetune import fine_tune, train_split  # noqa: E402
 
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
@@ -410,15 +410,11 @@ def main(argv=None) -> None:
         return
     start = time.perf_counter()
     result = run(args)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     text = "\n".join([run_header(__file__, start), "", markdown(result, args), "", *goals(result)])
-    (out / "bench_sparsity.md").write_text(text + "\n")
-    (out / "bench_sparsity.json").write_text(json.dumps(result, indent=1))
+    path = write_report(args.out_dir, "bench_sparsity", text, result)
     if result["rows"]:
-        plot(result, out / "bench_sparsity.png", result["steps"])
-    print(text)
-    print(f"wrote {out / 'bench_sparsity.md'}, {out / 'bench_sparsity.json'}, {out / 'bench_sparsity.png'}")
+        plot(result, path.with_suffix(".png"), result["steps"])
+    print(f"wrote {path}.md, .json, .png")
 
 
 if __name__ == "__main__":

@@ -461,19 +461,6 @@ def measure_latencies(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def measure_latency(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: Sequence[str],
-    batch_size: int = 8,
-    repeats: int = 30,
-    warmup: int = 3,
-    max_length: int = 128,
-) -> float:
-    """Median CPU seconds per forward pass of a batch for one model; see [`measure_latencies`]."""
-    return measure_latencies({"model": model}, tokenizer, texts, batch_size, repeats, warmup, max_length)["model"]
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Fine-tuning
 # ---------------------------------------------------------------------------------------------------------------

@@ -128,4 +128,5 @@ def test_batches_and_helpers(toy_root: Path, tiny):
     assert 0.0 <= accuracy <= 1.0
     latencies = fortunes.measure_latencies({"one": model, "two": model}, tokenizer, split["text"], 4, repeats=3)
     assert set(latencies) == {"one", "two"} and all(value > 0 for value in latencies.values())
-    assert fortunes.measure_latency(model, tokenizer, split["text"][:5], batch_size=2, repeats=2, warmup=0) > 0
+    alone = fortunes.measure_latencies({"model": model}, tokenizer, split["text"][:5], 2, repeats=2, warmup=0)
+    assert alone["model"] > 0
