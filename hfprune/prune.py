@@ -18,7 +18,7 @@ from .importance import NEEDS_DATA, check_calibration, compute_scores
 from .masks import SoftMasks
 from .recipe import Recipe, RecipeError
 from .record import ensure_record
-from .refine import agreement, fold_gates, model_outputs, rearrange, tune_masks
+from .refine import agreement, fold_gates, model_outputs, rearrange, reconstruct_weights, tune_masks
 from .report import PruningReport
 from .search import search
 from .sparsity import WEIGHT_CRITERIA, check_widths, sparsify, weight_targets
@@ -160,7 +160,11 @@ def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningRe
         report.quality["rearrangement"] = agreement(model, plan, probe, dense)
     with SoftMasks(model) as masks:
         plan.apply(masks)
-        if recipe.tune:
+        if recipe.reconstruct:
+            with report.phase("weight reconstruction"):
+                reconstruct_weights(model, masks, batches)
+            report.quality["weight reconstruction"] = agreement(model, masks, probe, dense)
+        elif recipe.tune:
             with report.phase("mask tuning"):
                 tune_masks(model, masks, batches)
             report.quality["mask tuning"] = agreement(model, masks, probe, dense)

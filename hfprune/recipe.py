@@ -76,6 +76,12 @@ class Recipe:
         "output matches the dense model's; folded into the weights.",
         True,
     )
+    reconstruct: bool = _help(
+        "Weight reconstruction: per layer, a ridge-regression refit of the output projection's weights and bias "
+        "on the kept heads/neurons so each layer's output matches the dense model's (ZipLM-style layer-wise "
+        "reconstruction; more freedom than `tune`, which it replaces when both are on).",
+        False,
+    )
     sites: list | None = _help("Prune only sites whose name starts with one of these (e.g. [encoder]).", None)
     distill: dict | None = _help(
         "PruningCallback only: distil from the dense model, {alpha: 0.5, temperature: 2.0, hidden: 0.0} "

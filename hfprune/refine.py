@@ -162,6 +162,36 @@ def _normal_equations(site, units: int, values: torch.Tensor, target: torch.Tens
     return gram.double(), rhs.double()
 
 
+def _tuning_order(model: nn.Module, masks: SoftMasks) -> dict:
+    """The gated sites that lost units, in model order."""
+    all_sites = resolve_sites(model)
+    gates = {**masks.heads, **masks.neurons}
+    return {n: all_sites[n] for n in all_sites if n in gates and bool((gates[n] == 0).any())}
+
+
+def _site_inputs(model: nn.Module, site, batches: list, teacher: list):
+    """For each batch: the values entering `site`'s output projection in the (masked) model, and the output
+    that projection should produce (bias included) so that residual + output equals the dense model's."""
+    projection = _projection(site)
+    for batch, target in zip(batches, teacher, strict=True):
+        captured: dict = {}
+        current = {"batch": batch}
+
+        def capture(module, args, captured=captured, batch=batch):
+            captured["values"] = _real_tokens(batch, args[0]).float()
+            raise _Stop
+
+        handles = [_capture_residual(site, captured, current), projection.register_forward_pre_hook(capture)]
+        try:
+            model(**_inputs(batch))
+        except _Stop:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        yield captured["values"], target - captured["residual"]
+
+
 @torch.no_grad()
 def tune_masks(model: nn.Module, masks: SoftMasks, batches: list) -> dict[str, float]:
     """Least-squares scales for the kept units of every gated site, written into `masks` (0 stays 0).
@@ -172,9 +202,8 @@ def tune_masks(model: nn.Module, masks: SoftMasks, batches: list) -> dict[str, f
 
     Returns the remaining squared error per site, relative to the target's energy.
     """
-    all_sites = resolve_sites(model)
     gates = {**masks.heads, **masks.neurons}
-    sites = {n: all_sites[n] for n in all_sites if n in gates and bool((gates[n] == 0).any())}
+    sites = _tuning_order(model, masks)
     batches = _first_tokens(batches, MAX_TOKENS)
     teacher = _teacher_targets(model, masks, sites, batches)
     errors = {}
@@ -187,25 +216,10 @@ def tune_masks(model: nn.Module, masks: SoftMasks, batches: list) -> dict[str, f
         bias = projection.bias.float() if projection.bias is not None else 0.0
         gram = rhs = None
         energy = 0.0
-        for batch, target in zip(batches, teacher[name], strict=True):
-            captured: dict = {}
-            current = {"batch": batch}
-
-            def capture(module, args, captured=captured, batch=batch):
-                captured["values"] = _real_tokens(batch, args[0]).float()
-                raise _Stop
-
-            handles = [_capture_residual(site, captured, current), projection.register_forward_pre_hook(capture)]
-            try:
-                model(**_inputs(batch))
-            except _Stop:
-                pass
-            finally:
-                for handle in handles:
-                    handle.remove()
-            # The gate hook ran first; this site's gates are still 0/1, so kept units' values are unscaled.
-            goal = target - captured["residual"] - bias
-            g, r = _normal_equations(site, gate.shape[0], captured["values"], goal)
+        # The gate hook ran first; this site's gates are still 0/1, so kept units' values are unscaled.
+        for values, goal in _site_inputs(model, site, batches, teacher.pop(name)):
+            goal = goal - bias
+            g, r = _normal_equations(site, gate.shape[0], values, goal)
             gram = g if gram is None else gram + g
             rhs = r if rhs is None else rhs + r
             energy += float(goal.double().pow(2).sum())
@@ -219,6 +233,64 @@ def tune_masks(model: nn.Module, masks: SoftMasks, batches: list) -> dict[str, f
         if float(scales.abs().max()) <= 10 and error(scales) < error(gate[kept].double()):
             gate[kept] = scales.to(gate.dtype)
         errors[name] = error(gate[kept].double())
+    return errors
+
+
+@torch.no_grad()
+def reconstruct_weights(model: nn.Module, masks: SoftMasks, batches: list, damping: float = 0.01) -> dict:
+    """Refit each pruned site's output projection (weight columns of the kept units, and bias) by ridge
+    regression, so that (pruned residual + block output) matches the dense model's.
+
+    Mask tuning fits one scale per kept unit; this fits every weight of the projection that reads the kept
+    units, the layer-wise reconstruction of OBS-style structured pruning (ZipLM, Kurtic et al. 2023; FLAP's
+    bias compensation is the bias-only case). Site by site in model order, so each also corrects the drift
+    left by the sites before it. Removed units' columns are left as they are (surgery drops them). `damping`
+    is relative to the mean diagonal of the inputs' Gram matrix, as in SparseGPT; a refit that does not lower
+    the calibration error is not applied.
+
+    Returns the remaining squared error per site, relative to the target's energy.
+    """
+    gates = {**masks.heads, **masks.neurons}
+    sites = _tuning_order(model, masks)
+    batches = _first_tokens(batches, MAX_TOKENS)
+    teacher = _teacher_targets(model, masks, sites, batches)
+    errors = {}
+    for name, site in tqdm(sites.items(), desc="weight reconstruction", unit="site", leave=False):
+        gate = gates[name]
+        projection = _projection(site)
+        weight = weight_out_in(projection)
+        width = weight.shape[1] // gate.shape[0]
+        columns = (gate != 0).repeat_interleave(width).nonzero().flatten()
+        if not len(columns):
+            continue
+        bias = projection.bias
+        gram = cross = None
+        energy = 0.0
+        for values, goal in _site_inputs(model, site, batches, teacher.pop(name)):
+            # Gates are 0/1 here, so the kept columns hold the unscaled values; a ones column fits the bias.
+            inputs = values[:, columns].double()
+            if bias is not None:
+                inputs = torch.cat([inputs, inputs.new_ones(len(inputs), 1)], 1)
+            gram = inputs.t() @ inputs + (0 if gram is None else gram)
+            cross = inputs.t() @ goal.double() + (0 if cross is None else cross)
+            energy += float(goal.double().pow(2).sum())
+        old = weight[:, columns].double().t()
+        if bias is not None:
+            old = torch.cat([old, bias.double()[None]])
+        ridge = gram.clone()
+        ridge.diagonal()[: len(columns)] += damping * float(gram.diagonal()[: len(columns)].mean()) + 1e-12
+        new = torch.linalg.solve(ridge, cross)
+
+        def error(solution, gram=gram, cross=cross, energy=energy):
+            quadratic = (solution * (gram @ solution)).sum() - 2 * (solution * cross).sum()
+            return (float(quadratic) + energy) / max(energy, 1e-30)
+
+        if error(new) < error(old):
+            weight[:, columns] = new[: len(columns)].t().to(weight.dtype)
+            if bias is not None:
+                bias.copy_(new[-1].to(bias.dtype))
+            old = new
+        errors[name] = error(old)
     return errors
 
 
