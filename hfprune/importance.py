@@ -21,13 +21,10 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .arch import AttentionSite, resolve_sites
-from .errors import HfpruneError
+from .errors import CalibrationError
 from .linear import weight_out_in
 from .masks import SoftMasks
-
-
-class CalibrationError(HfpruneError, ValueError):
-    """Calibration data that cannot drive the chosen criterion."""
+from .seq2seq import with_decoder_inputs
 
 
 @dataclass
@@ -73,7 +70,12 @@ def get_criterion(name: str) -> Criterion:
 
 
 def compute_scores(model: nn.Module, criterion: str, batches: list) -> Scores:
-    """Score every head and neuron of `model` with `criterion` over `batches` (model-ready dicts)."""
+    """Score every head and neuron of `model` with `criterion` over `batches` (model-ready dicts).
+
+    Encoder-decoder batches without decoder inputs are completed first (`seq2seq.with_decoder_inputs`: the
+    dense model's own transcripts become the labels), so unlabelled audio can score a Whisper model."""
+    if batches and criterion in NEEDS_DATA:
+        batches = with_decoder_inputs(model, batches)
     return get_criterion(criterion)(model, batches)
 
 
