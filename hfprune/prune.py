@@ -15,13 +15,14 @@ import torch.nn as nn
 from .arch import AttentionSite, find_stacks, prepared_adapter, resolve_sites
 from .flops import count
 from .importance import NEEDS_DATA, check_calibration, compute_scores
+from .lengths import mean_lengths
 from .masks import SoftMasks
 from .recipe import Recipe, RecipeError
 from .record import ensure_record
 from .refine import agreement, fold_gates, model_outputs, rearrange, tune_masks
 from .report import PruningReport
 from .search import search
-from .seq2seq import is_encoder_decoder, with_decoder_inputs
+from .seq2seq import with_decoder_inputs
 from .sparsity import WEIGHT_CRITERIA, check_widths, sparsify, weight_targets
 from .surgery import remove_heads, remove_layers, remove_neurons
 
@@ -45,39 +46,6 @@ def _limit(batches: list, num_samples: int) -> list:
         kept.append(batch)
         seen += take
     return kept
-
-
-def _input_length(model: nn.Module, batch: dict) -> float:
-    """Positions the (encoder) layers see for one example: frames after the feature extractor for audio, real
-    tokens for text."""
-    main = batch.get(getattr(model, "main_input_name", "input_ids"))
-    if isinstance(main, torch.Tensor) and hasattr(model, "_get_feat_extract_output_lengths"):
-        # Audio: a CNN or conv stem shortens the samples / mel frames (Whisper: 3000 mel frames -> 1500).
-        return int(model._get_feat_extract_output_lengths(torch.tensor(main.shape[-1])))
-    if isinstance(batch.get("attention_mask"), torch.Tensor):
-        return float(batch["attention_mask"].sum(-1).float().mean())
-    return next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape[-1]
-
-
-def _decoder_length(batch: dict) -> float:
-    """Mean real decoder length of one batch: labelled tokens (the transcript), else the decoder inputs."""
-    labels = batch.get("labels")
-    if isinstance(labels, torch.Tensor) and labels.dim() == 2:
-        return float(labels.ne(-100).sum(-1).float().mean())
-    if isinstance(batch.get("decoder_attention_mask"), torch.Tensor):
-        return float(batch["decoder_attention_mask"].sum(-1).float().mean())
-    decoder = batch.get("decoder_input_ids")
-    return decoder.shape[-1] if decoder is not None else 1
-
-
-def mean_lengths(model: nn.Module, batches: list) -> tuple[int, int | None]:
-    """Mean real sequence length of the calibration data, as the sites see it: tokens for text, frames after
-    the feature extractor for audio. For encoder-decoders, `(decoder tokens, encoder positions)`: the decoder's
-    length is the mean transcript (label) length, the encoder's that of its inputs."""
-    mean = lambda values: max(1, round(sum(values) / len(values)))  # noqa: E731
-    if is_encoder_decoder(model):
-        return mean([_decoder_length(b) for b in batches]), mean([_input_length(model, b) for b in batches])
-    return mean([_input_length(model, b) for b in batches]), None
 
 
 def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] | None = None) -> PruningReport:

@@ -12,7 +12,8 @@ from transformers.models.whisper.modeling_whisper import shift_tokens_right
 import hfprune
 from hfprune.distill import Distiller, distill_settings
 from hfprune.importance import compute_scores
-from hfprune.prune import mean_lengths
+from hfprune.lengths import mean_lengths, positions
+from hfprune.refine import _first_tokens
 from hfprune.seq2seq import _after_end, shift_right, transcribe, with_decoder_inputs
 
 
@@ -97,7 +98,27 @@ def test_flops_count_encoder_and_decoder_at_their_lengths():
     assert hfprune.count(build("bert"), seq_len=4).encoder_seq_len is None
 
 
+def test_mask_tuning_data_is_capped_in_positions_not_batches():
+    model = build("whisper")
+    utterance = {"input_features": torch.zeros(1, 8, 3000), "labels": torch.tensor([[5, 6, 2, -100]])}
+    assert positions(model, utterance) == 1500 + 3
+    assert len(_first_tokens(model, [utterance] * 20, 8192)) == 6, "30 s utterances: 1503 positions each"
+
+
 # -------------------------------------------------------------------------------------------- one-shot
+
+
+def test_activation_scores_leave_the_padding_after_a_transcript_out():
+    model = build("whisper")
+    batch = {**audio(1)[0], "labels": torch.tensor([[5, 6, 2, -100, -100], [7, 8, 9, 10, 2]])}
+    batch = with_decoder_inputs(model, [batch])[0]
+    other = {**batch, "decoder_input_ids": batch["decoder_input_ids"].clone()}
+    other["decoder_input_ids"][0, 4] = 77  # a position whose label is -100: padding
+    first, second = (compute_scores(model, "activation", [b]) for b in (batch, other))
+    for name in first.neurons:
+        assert torch.allclose(first.neurons[name], second.neurons[name], atol=1e-6), name
+    for name in first.heads:
+        assert torch.allclose(first.heads[name], second.heads[name], atol=1e-6), name
 
 
 @pytest.mark.parametrize("criterion", ["fisher", "taylor", "activation"])
