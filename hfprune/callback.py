@@ -39,8 +39,8 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
-from transformers.utils import logging
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
 
 from .arch import prepared_adapter
 from .distill import Distiller, distill_settings

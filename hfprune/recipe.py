@@ -41,8 +41,8 @@ class Recipe:
 
     target: dict = _help(
         "Budget. One fraction to keep, of the prunable FLOPs (`flops`, attention + FFN at the calibration data's "
-        "mean length; for encoder-decoders, encoder + decoder per utterance) or of all parameters (`params`), in (0, 1]; or absolute kept counts `heads` and/or "
-        "`neurons` over the whole model.",
+        "mean length; for encoder-decoders, encoder + decoder per utterance) or of all parameters (`params`), "
+        "in (0, 1]; or absolute kept counts `heads` and/or `neurons` over the whole model.",
         default_factory=lambda: {"flops": 0.6},
     )
     structures: list = _help(

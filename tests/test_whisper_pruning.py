@@ -239,9 +239,21 @@ def test_pruning_while_fine_tuning_with_a_teacher(tmp_path):
         output_dir=str(tmp_path / "run"), max_steps=8, per_device_train_batch_size=4, learning_rate=1e-3,
         logging_steps=2, save_strategy="no", report_to=[], use_cpu=True,
     )
+    features = RandomSpeech(size=2, seed=1).features
+    masked = {}
+
+    class Spy(transformers.TrainerCallback):
+        """What the gated model generates after the last step, before the callback's surgery."""
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == state.max_steps:
+                model.eval()
+                masked["tokens"], masked["logits"] = generated(model, features)
+                model.train()
+
     callback = hfprune.PruningCallback(recipe)
     trainer = transformers.Seq2SeqTrainer(model=model, args=args, train_dataset=RandomSpeech(),
-                                          callbacks=[callback])
+                                          callbacks=[callback, Spy()])
     trainer.train()
 
     kept = hfprune.count(model, seq_len=6, encoder_seq_len=16).flops / hfprune.count(dense, 6, 16).flops
@@ -249,9 +261,9 @@ def test_pruning_while_fine_tuning_with_a_teacher(tmp_path):
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in trainer.state.log_history if "loss" in e)
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules()), "no hooks after training"
     model.eval()
-    features = RandomSpeech(size=2, seed=1).features
     tokens, logits = generated(model, features)
-    assert torch.isfinite(logits).all()
+    assert torch.equal(tokens, masked["tokens"]), "surgery generates what the gated model generated"
+    assert torch.allclose(logits, masked["logits"], atol=1e-5)
     model.save_pretrained(tmp_path / "saved")
     reloaded = hfprune.from_pretrained(tmp_path / "saved")
     again, again_logits = generated(reloaded, features)
