@@ -50,6 +50,14 @@ def distill_settings(spec: dict) -> dict[str, float]:
     return settings
 
 
+def _hidden_states(output) -> tuple:
+    """Every layer's hidden states: `hidden_states`, or the encoder's then the decoder's for encoder-decoders,
+    whose outputs keep them apart."""
+    if getattr(output, "hidden_states", None) is not None:
+        return tuple(output.hidden_states)
+    return tuple(output.get("encoder_hidden_states") or ()) + tuple(output.get("decoder_hidden_states") or ())
+
+
 class Distiller:
     """Attach a frozen dense teacher to `model` and blend its soft targets into the training loss."""
 
@@ -144,7 +152,7 @@ class Distiller:
         kd = self._distillation_term(output.logits, teacher.logits)
         loss = (1 - alpha) * output.loss + alpha * kd
         if self.settings["hidden"]:
-            pairs = zip(output.hidden_states, teacher.hidden_states, strict=True)
+            pairs = zip(_hidden_states(output), _hidden_states(teacher), strict=True)
             loss = loss + self.settings["hidden"] * torch.stack([nn.functional.mse_loss(s, t) for s, t in pairs]).mean()
         output.loss = loss * self._share
         return output

@@ -207,6 +207,19 @@ def test_distillation_leaves_padding_out():
     distiller.detach()
 
 
+def test_hidden_state_distillation_covers_encoder_and_decoder():
+    model = build("whisper").train()
+    distiller = Distiller(model, distill_settings({"alpha": 0.5, "hidden": 1.0}))
+    batch = {**audio(1)[0], "labels": torch.tensor([[5, 6, 2, -100], [7, 8, 9, 2]])}
+    loss = model(**batch).loss
+    with torch.no_grad():
+        model.eval()
+        task = model(**batch).loss
+    assert loss.requires_grad and torch.isfinite(loss)
+    assert torch.allclose(loss, 0.5 * task, atol=1e-5), "student = teacher: no KL, no hidden-state error yet"
+    distiller.detach()
+
+
 # ------------------------------------------------------------------------------------------- callback
 
 
