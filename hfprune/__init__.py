@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from .arch import register_adapter, supported_model_types  # noqa: E402
 from .callback import PruningCallback  # noqa: E402
-from .errors import CheckpointError, HfpruneError, PruningSpecError, UnsupportedModelError  # noqa: E402
+from .errors import CalibrationError, CheckpointError, HfpruneError, PruningSpecError, UnsupportedModelError  # noqa: E402
 from .flops import ModelCount, SiteCount, count  # noqa: E402
 from .hub import push_to_hub  # noqa: E402
 from .importance import CRITERIA, register_criterion  # noqa: E402
@@ -19,6 +19,7 @@ from .surgery import remove_heads, remove_layers, remove_neurons, sites  # noqa:
 
 __all__ = [
     "CRITERIA",
+    "CalibrationError",
     "CheckpointError",
     "PruningCallback",
     "PruningReport",

@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
 
 from .arch import prepared_adapter
 from .distill import Distiller, distill_settings
@@ -50,8 +51,10 @@ from .recipe import Recipe, RecipeError
 from .record import ensure_record
 from .schedule import resolve_schedule
 from .search import Plan, planned_cost, search
+from .seq2seq import is_encoder_decoder
 from .surgery import remove_heads, remove_neurons
 
+logger = logging.get_logger(__name__)
 TRAINING_CRITERIA = ("fisher", "taylor", "magnitude", "movement")
 CALLBACK_STATE = "hfprune_callback.json"
 
@@ -91,7 +94,10 @@ class PruningCallback(TrainerCallback):
     Args:
         recipe: a `Recipe` (or dict) with a `flops` or `params` fraction target, a criterion among
             fisher/taylor/magnitude, and a `schedule` (`{type: cubic, start: 0.1, end: 0.7, every: 50}`).
-        seq_len: sequence length for the FLOPs budget (default: the recipe's `seq_len`, else 128).
+        seq_len: sequence length for the FLOPs budget (default: the recipe's `seq_len`, else 128); for
+            encoder-decoders (Whisper) the decoder's, i.e. the mean label length in tokens.
+        encoder_seq_len: encoder-decoders only: the encoder's length for the budget (default: the recipe's
+            `encoder_seq_len`, else `seq_len`; Whisper's encoder always sees 1500 frames).
 
     Example:
         ```python
@@ -102,7 +108,7 @@ class PruningCallback(TrainerCallback):
         ```
     """
 
-    def __init__(self, recipe: Recipe | dict, seq_len: int | None = None):
+    def __init__(self, recipe: Recipe | dict, seq_len: int | None = None, encoder_seq_len: int | None = None):
         self.recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
         self.metric = next(iter(self.recipe.target))
         self.weights = _training_weight_settings(self.recipe)  # None unless the recipe sparsifies weights alone
@@ -118,6 +124,7 @@ class PruningCallback(TrainerCallback):
         if "layers" in self.recipe.structures:
             raise RecipeError("PruningCallback prunes heads and neurons; structures: [layers] is one-shot only")
         self.seq_len = seq_len or self.recipe.seq_len or 128
+        self.encoder_seq_len = encoder_seq_len or self.recipe.encoder_seq_len
         self.masks: SoftMasks | None = None
         self.distiller: Distiller | None = None
         self.plan: Plan | None = None
@@ -143,7 +150,11 @@ class PruningCallback(TrainerCallback):
             self.weight_masks = WeightMasks(model, self.weights)  # the zeros already there stay
             self.metrics = saved["metrics"] if saved is not None else {"hfprune/weight_sparsity": 0.0}
             return
-        self.dense = count(model, seq_len=self.seq_len)
+        if self.encoder_seq_len is None and is_encoder_decoder(model):
+            logger.warning("PruningCallback: no encoder_seq_len for %s; its encoder is counted at seq_len=%d, which "
+                           "skews the FLOPs budget (Whisper: set encoder_seq_len: 1500)", type(model).__name__,
+                           self.seq_len)
+        self.dense = count(model, seq_len=self.seq_len, encoder_seq_len=self.encoder_seq_len)
         gradients = self.recipe.criterion in ("fisher", "taylor")
         self.masks = SoftMasks(model, requires_grad=gradients).attach()
         self.accumulated = {n: torch.zeros_like(g) for n, g in [*self.masks.heads.items(), *self.masks.neurons.items()]}

@@ -5,7 +5,10 @@ forward pre-hook; a forward hook then replaces the student's `loss` (what the Tr
 
     (1 - alpha) * task loss + alpha * T^2 * KL(teacher(T) || student(T)) + hidden * mean MSE of hidden states
 
-(Hinton et al. 2015; hidden-state matching as in CoFi / DPHuBERT). Only in training mode: evaluation sees the
+(Hinton et al. 2015; hidden-state matching as in CoFi / DPHuBERT). The KL is averaged per labelled position
+(per decoder token for Whisper, per predicted token for causal LMs): positions labelled -100 are padding and
+are left out. An encoder-decoder trained on labels alone gets decoder inputs derived from them for the teacher,
+as the student derives its own. Only in training mode: evaluation sees the
 plain task loss. Both hooks are removed by `detach()`.
 
 When the Trainer passes `num_items_in_batch` (labelled items over all gradient-accumulation micro-batches, and
@@ -26,6 +29,7 @@ import torch.nn as nn
 from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
 
 from .recipe import RecipeError
+from .seq2seq import is_encoder_decoder, shift_right
 
 DISTILL_KEYS = {"alpha": 0.5, "temperature": 2.0, "hidden": 0.0}
 
@@ -46,6 +50,14 @@ def distill_settings(spec: dict) -> dict[str, float]:
     return settings
 
 
+def _hidden_states(output) -> tuple:
+    """Every layer's hidden states: `hidden_states`, or the encoder's then the decoder's for encoder-decoders,
+    whose outputs keep them apart."""
+    if getattr(output, "hidden_states", None) is not None:
+        return tuple(output.hidden_states)
+    return tuple(output.get("encoder_hidden_states") or ()) + tuple(output.get("decoder_hidden_states") or ())
+
+
 class Distiller:
     """Attach a frozen dense teacher to `model` and blend its soft targets into the training loss."""
 
@@ -56,6 +68,7 @@ class Distiller:
         except Exception as error:  # e.g. a model that cannot be copied (meta tensors, foreign wrappers)
             raise RecipeError(f"distillation needs a copy of the dense model as teacher: {error}") from error
         self._teacher_output = None
+        self._labels = None  # this micro-batch's labels: which positions the KL term averages over
         self._share = 1.0  # this micro-batch's share of `num_items_in_batch`
         # Count labelled items as the Trainer does: causal LM losses predict labels[..., 1:].
         self._shifts_labels = LOSS_MAPPING.get(getattr(model, "loss_type", None)) is ForCausalLMLoss and not getattr(
@@ -72,6 +85,7 @@ class Distiller:
         self._share = 1.0
         num_items = kwargs.get("num_items_in_batch")
         labels = kwargs.get("labels")
+        self._labels = labels
         if num_items is not None:
             kwargs = {k: v for k, v in kwargs.items() if k != "num_items_in_batch"}
             if labels is not None:
@@ -80,8 +94,50 @@ class Distiller:
         if self.settings["hidden"]:
             kwargs = {**kwargs, "output_hidden_states": True}
         with torch.no_grad():
-            self._teacher_output = self.teacher(*args, **{k: v for k, v in kwargs.items() if k != "labels"})
+            self._teacher_output = self.teacher(*args, **self._teacher_inputs(module, kwargs))
         return args, kwargs
+
+    @staticmethod
+    def _teacher_inputs(module, kwargs: dict) -> dict:
+        """The student's inputs without labels (the teacher's loss is never used). An encoder-decoder given
+        labels alone derives its decoder inputs from them, so the teacher gets those decoder inputs instead."""
+        inputs = {k: v for k, v in kwargs.items() if k != "labels"}
+        labels = kwargs.get("labels")
+        needs_decoder = is_encoder_decoder(module) and "decoder_input_ids" not in inputs
+        if labels is not None and needs_decoder and "decoder_inputs_embeds" not in inputs:
+            inputs["decoder_input_ids"] = shift_right(module, labels)
+        return inputs
+
+    def _distillation_term(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """T^2 * KL(teacher || student) at temperature T, averaged over the positions that carry a label.
+
+        Padding positions (label -100) are left out: their logits are not trained by the task loss either, and
+        counting them would both dilute the average and pull the student towards the teacher's output on pad
+        tokens. Without per-position labels (classification, CTC) every position counts."""
+        temperature = self.settings["temperature"]
+        pointwise = nn.functional.kl_div(
+            (student.float() / temperature).log_softmax(-1),
+            (teacher.float() / temperature).log_softmax(-1),
+            log_target=True,
+            reduction="none",
+        ).sum(-1)
+        mask = self._labelled_positions(pointwise.shape)
+        if mask is None:
+            return pointwise.mean() * temperature**2
+        return (pointwise * mask).sum() / mask.sum().clamp(min=1) * temperature**2
+
+    def _labelled_positions(self, shape: torch.Size) -> torch.Tensor | None:
+        """Which logit positions predict a label: labels line up with the logits, except for causal LMs, whose
+        logits at t predict the label at t + 1. None when labels do not index positions (one per sequence or
+        a CTC target)."""
+        labels = self._labels
+        if labels is None or labels.shape != shape or labels.dim() < 2:
+            return None
+        if not self._shifts_labels:
+            return labels.ne(-100).float()
+        mask = torch.zeros(shape, device=labels.device)
+        mask[..., :-1] = labels[..., 1:].ne(-100).float()
+        return mask
 
     def _blend_loss(self, module, args, output):
         teacher, self._teacher_output = self._teacher_output, None
@@ -92,18 +148,11 @@ class Distiller:
                 f"distillation needs a task loss and logits, but {type(module).__name__} returned neither "
                 "(train with labels and a model that has a task head)"
             )
-        alpha, temperature = self.settings["alpha"], self.settings["temperature"]
-        student_logits = output.logits.float() / temperature
-        teacher_logits = teacher.logits.float() / temperature
-        kd = nn.functional.kl_div(
-            student_logits.log_softmax(-1).flatten(0, -2),
-            teacher_logits.log_softmax(-1).flatten(0, -2),
-            log_target=True,
-            reduction="batchmean",
-        ) * temperature**2
+        alpha = self.settings["alpha"]
+        kd = self._distillation_term(output.logits, teacher.logits)
         loss = (1 - alpha) * output.loss + alpha * kd
         if self.settings["hidden"]:
-            pairs = zip(output.hidden_states, teacher.hidden_states, strict=True)
+            pairs = zip(_hidden_states(output), _hidden_states(teacher), strict=True)
             loss = loss + self.settings["hidden"] * torch.stack([nn.functional.mse_loss(s, t) for s, t in pairs]).mean()
         output.loss = loss * self._share
         return output

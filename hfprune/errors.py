@@ -13,6 +13,10 @@ class PruningSpecError(HfpruneError, ValueError):
     """A request to remove heads, neurons or layers that cannot be honoured (bad index, broken GQA ratio...)."""
 
 
+class CalibrationError(HfpruneError, ValueError):
+    """Calibration data that cannot drive the chosen criterion."""
+
+
 class CheckpointError(HfpruneError, ValueError):
     """A checkpoint on disk is missing, malformed or disagrees with itself."""
 

@@ -2,6 +2,13 @@
 
 FLOPs count 2 per multiply-accumulate, for one sequence. They cover what pruning changes: the projections
 and attention matmuls of every site. Embeddings, norms and task heads are in `params` but not in `flops`.
+
+Encoder-decoder models (Whisper) are counted per utterance, encoder and decoder together: the encoder's sites
+at the encoder length (1500 frames after Whisper's conv stem for 30 s of audio), the decoder's at the
+decoder length (the mean transcript length in tokens, teacher-forced: every position once), and
+cross-attention with queries at the decoder length and keys/values over the encoder length. So `target.flops`
+is a fraction of encoder + decoder FLOPs per utterance, and each head or neuron costs what it costs at its own
+stack's length. The conv stem, embeddings and the LM head are not counted (pruning does not change them).
 The per-structure figures are exact: removing a head lowers a site's params by `params_per_head` (and its
 FLOPs by `flops_per_head`), which is what a budget search spends.
 """
@@ -53,11 +60,14 @@ class SiteCount:
 
 @dataclass
 class ModelCount:
-    """Counts of a model. `params` is every parameter of the model; `flops` sums the sites'."""
+    """Counts of a model. `params` is every parameter of the model; `flops` sums the sites'. `seq_len` is the
+    length the sites were counted at (the decoder's, for encoder-decoders), `encoder_seq_len` the encoder's
+    (None for encoder-only and decoder-only models)."""
 
     params: int
     sites: dict[str, SiteCount]
     seq_len: int
+    encoder_seq_len: int | None = None
 
     @property
     def flops(self) -> int:
@@ -81,7 +91,14 @@ class ModelCount:
         for s in self.sites.values():
             rows.append(f"{s.name:<28}{s.kind:<16}{s.units:>8}{s.params:>14,}{s.flops / 1e9:>10.3f}")
         rows.append(f"{'total (model)':<52}{self.params:>14,}{self.flops / 1e9:>10.3f}")
-        return "\n".join(rows) + f"\n(FLOPs for one sequence of {self.seq_len} tokens/frames)"
+        return "\n".join(rows) + f"\n(FLOPs for one sequence of {self.lengths})"
+
+    @property
+    def lengths(self) -> str:
+        """The lengths the FLOPs are counted at, in words."""
+        if self.encoder_seq_len is None:
+            return f"{self.seq_len} tokens/frames"
+        return f"{self.encoder_seq_len} encoder frames/tokens + {self.seq_len} decoder tokens"
 
 
 def _attention_count(site: AttentionSite, query_len: int, key_len: int) -> SiteCount:
@@ -125,7 +142,7 @@ def count(model: nn.Module, seq_len: int = 128, encoder_seq_len: int | None = No
         model: any supported model.
         seq_len: tokens (or audio frames after the feature extractor) per sequence.
         encoder_seq_len: for encoder-decoder models (Whisper), the encoder's length, also the key length of
-            cross-attention; defaults to `seq_len`.
+            cross-attention; defaults to `seq_len`. With it, `seq_len` is the decoder's length (tokens).
 
     Returns:
         `ModelCount`: `.params`, `.flops`, and `.sites[name]` (`SiteCount`) with per-head/per-neuron costs.
@@ -138,7 +155,8 @@ def count(model: nn.Module, seq_len: int = 128, encoder_seq_len: int | None = No
     """
     encoder_seq_len = encoder_seq_len or seq_len
     sites = {}
-    for name, site in resolve_sites(model).items():
+    resolved = resolve_sites(model)
+    for name, site in resolved.items():
         length = encoder_seq_len if site.stack.spec.name == "encoder" else seq_len
         if isinstance(site, AttentionSite):
             key_len = encoder_seq_len if site.kind == "cross_attention" else length
@@ -146,4 +164,6 @@ def count(model: nn.Module, seq_len: int = 128, encoder_seq_len: int | None = No
         else:
             sites[name] = _ffn_count(site, length)
     params = sum(p.numel() for p in model.parameters())
-    return ModelCount(params=params, sites=sites, seq_len=seq_len)
+    stacks = {site.stack.spec.name for site in resolved.values()}
+    encoder = encoder_seq_len if {"encoder", "decoder"} <= stacks else None  # only a two-stack model has both
+    return ModelCount(params=params, sites=sites, seq_len=seq_len, encoder_seq_len=encoder)

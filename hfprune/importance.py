@@ -21,13 +21,10 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .arch import AttentionSite, resolve_sites
-from .errors import HfpruneError
+from .errors import CalibrationError
 from .linear import weight_out_in
 from .masks import SoftMasks
-
-
-class CalibrationError(HfpruneError, ValueError):
-    """Calibration data that cannot drive the chosen criterion."""
+from .seq2seq import with_decoder_inputs
 
 
 @dataclass
@@ -73,7 +70,12 @@ def get_criterion(name: str) -> Criterion:
 
 
 def compute_scores(model: nn.Module, criterion: str, batches: list) -> Scores:
-    """Score every head and neuron of `model` with `criterion` over `batches` (model-ready dicts)."""
+    """Score every head and neuron of `model` with `criterion` over `batches` (model-ready dicts).
+
+    Encoder-decoder batches without decoder inputs are completed first (`seq2seq.with_decoder_inputs`: the
+    dense model's own transcripts become the labels), so unlabelled audio can score a Whisper model."""
+    if batches and criterion in NEEDS_DATA:
+        batches = with_decoder_inputs(model, batches)
     return get_criterion(criterion)(model, batches)
 
 
@@ -91,6 +93,20 @@ def _to(batch: dict, device) -> dict:
 def _token_mask(batch: dict) -> torch.Tensor | None:
     mask = batch.get("attention_mask")
     return mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+
+def real_positions(batch: dict, shape) -> torch.Tensor | None:
+    """Which positions of activations shaped `(batch, length, ...)` are real: the attention mask where it has
+    that shape, else, for the decoder of an encoder-decoder (batches with decoder inputs), the labelled positions,
+    since a padded transcript is labelled -100 after its end. None when every position counts."""
+    shape = tuple(shape[:2])
+    mask = _token_mask(batch)
+    if mask is not None and tuple(mask.shape) == shape:
+        return mask
+    labels = batch.get("labels")
+    if "decoder_input_ids" in batch and isinstance(labels, torch.Tensor) and tuple(labels.shape) == shape:
+        return labels.ne(-100)
+    return None
 
 
 def task_loss(model: nn.Module, batch: dict) -> torch.Tensor:
@@ -178,33 +194,30 @@ def movement_step(model: nn.Module) -> tuple[dict, dict]:
 def activation(model: nn.Module, batches: list) -> Scores:
     device = _device(model)
     sums: dict[tuple[str, str], torch.Tensor] = {}
-    tokens = {"mask": None}
+    seen: dict[tuple[str, str], int] = {}
+    current = {"batch": None}
 
     def observe(kind: str, name: str, values: torch.Tensor) -> None:
-        # values: (..., units) for neurons, (..., heads, head_dim) for heads; average over real tokens only.
+        # values: (..., units) for neurons, (..., heads, head_dim) for heads; averaged over real tokens only.
         magnitude = values.abs() if kind == "neurons" else values.norm(dim=-1)
-        mask = tokens["mask"]
-        if mask is not None and magnitude.shape[:2] == mask.shape:
+        mask = real_positions(current["batch"], magnitude.shape) if magnitude.dim() > 2 else None
+        if mask is not None:
             magnitude = magnitude * mask[..., None].to(magnitude.dtype)
         total = magnitude.flatten(0, -2).sum(0).float()
         sums[(kind, name)] = sums.get((kind, name), 0) + total
+        # Per site: an encoder-decoder's encoder sees many more positions (Whisper: 1500 frames) than its
+        # decoder (a transcript); a shared count would rank every decoder unit below the encoder's.
+        seen[(kind, name)] = seen.get((kind, name), 0) + (int(mask.sum()) if mask is not None else len(
+            magnitude.flatten(0, -2)))
 
-    count = 0
     with SoftMasks(model, observer=observe):
         for batch in _progress(batches, "activation scores"):
             batch = _to(batch, device)
-            mask = _token_mask(batch)
-            tokens["mask"] = mask
+            current["batch"] = batch
             model(**{k: v for k, v in batch.items() if k != "labels"})
-            count += int(mask.sum()) if mask is not None else _positions(batch)
-    heads = {n: s / count for (kind, n), s in sums.items() if kind == "heads"}
-    neurons = {n: s / count for (kind, n), s in sums.items() if kind == "neurons"}
+    heads = {n: s / max(seen[(kind, n)], 1) for (kind, n), s in sums.items() if kind == "heads"}
+    neurons = {n: s / max(seen[(kind, n)], 1) for (kind, n), s in sums.items() if kind == "neurons"}
     return Scores(heads, neurons, comparable=False)
-
-
-def _positions(batch: dict) -> int:
-    first = next(v for v in batch.values() if isinstance(v, torch.Tensor))
-    return first.shape[0] * (first.shape[1] if first.dim() > 1 else 1)
 
 
 def _gate_gradients(model: nn.Module, batches: list, description: str):

@@ -15,12 +15,14 @@ import torch.nn as nn
 from .arch import AttentionSite, find_stacks, prepared_adapter, resolve_sites
 from .flops import count
 from .importance import NEEDS_DATA, check_calibration, compute_scores
+from .lengths import mean_lengths
 from .masks import SoftMasks
 from .recipe import Recipe, RecipeError
 from .record import ensure_record
 from .refine import agreement, fold_gates, model_outputs, rearrange, reconstruct_weights, tune_masks
 from .report import PruningReport
 from .search import search
+from .seq2seq import with_decoder_inputs
 from .sparsity import WEIGHT_CRITERIA, check_widths, sparsify, weight_targets
 from .surgery import remove_heads, remove_layers, remove_neurons
 
@@ -46,27 +48,6 @@ def _limit(batches: list, num_samples: int) -> list:
     return kept
 
 
-def mean_lengths(model: nn.Module, batches: list) -> tuple[int, int | None]:
-    """Mean real sequence length of the calibration data, as the sites see it: tokens for text, frames after
-    the feature extractor for audio; for encoder-decoders also the encoder's length."""
-    lengths, encoder_lengths = [], []
-    for batch in batches:
-        if "input_features" in batch:  # Whisper: the encoder halves the mel frames
-            encoder_lengths.append(batch["input_features"].shape[-1] // 2)
-            decoder = batch.get("decoder_input_ids", batch.get("labels"))
-            lengths.append(decoder.shape[-1] if decoder is not None else 1)
-        elif "input_values" in batch and hasattr(model, "_get_feat_extract_output_lengths"):
-            samples = batch["input_values"].shape[-1]
-            lengths.append(int(model._get_feat_extract_output_lengths(torch.tensor(samples))))
-        elif isinstance(batch.get("attention_mask"), torch.Tensor):
-            lengths.append(float(batch["attention_mask"].sum(-1).float().mean()))
-        else:
-            lengths.append(next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape[-1])
-    seq_len = max(1, round(sum(lengths) / len(lengths)))
-    encoder = max(1, round(sum(encoder_lengths) / len(encoder_lengths))) if encoder_lengths else None
-    return seq_len, encoder
-
-
 def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] | None = None) -> PruningReport:
     """Prune `model` in place to `recipe.target`, without retraining.
 
@@ -74,7 +55,12 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
         model: any supported model, with a task head when the criterion needs a loss.
         recipe: a `Recipe` (or a dict of its fields).
         calibration: model-ready batches (dicts of tensors, with `labels` for a task loss; without labels the
-            model's own predictions stand in). Magnitude alone, without tuning, needs none.
+            model's own predictions stand in). Magnitude alone, without tuning, needs none. For encoder-decoder
+            models (Whisper) encoder inputs suffice: batches without labels are transcribed once by the dense
+            model (greedy `generate()`), and the transcripts serve as labels and decoder inputs
+            (`hfprune.seq2seq.with_decoder_inputs`). A `flops` target then counts encoder and decoder per
+            utterance: the encoder at its input length, the decoder (self- and cross-attention, FFN) at the
+            mean transcript length, cross-attention keys at the encoder length.
 
     Returns:
         `PruningReport`: params/FLOPs before and after, kept heads/neurons per site, time per phase, what
@@ -107,8 +93,11 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
     batches = _limit(check_calibration(calibration, needed_by), recipe.num_samples)
     device = next(model.parameters()).device
     batches = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in batches]
+    # Encoder-decoders: the dense model's transcripts stand in for missing labels, before anything is scored.
+    batches = with_decoder_inputs(model, batches)
     seq_len, encoder_len = mean_lengths(model, batches) if batches else (recipe.seq_len or 128, None)
     seq_len = recipe.seq_len or seq_len
+    encoder_len = recipe.encoder_seq_len or encoder_len
     before = count(model, seq_len=seq_len, encoder_seq_len=encoder_len)
     report = PruningReport(recipe=recipe, before=before, num_samples=sum(_batch_size(b) for b in batches))
     was_training = model.training

@@ -41,8 +41,8 @@ class Recipe:
 
     target: dict = _help(
         "Budget. One fraction to keep, of the prunable FLOPs (`flops`, attention + FFN at the calibration data's "
-        "mean length) or of all parameters (`params`), in (0, 1]; or absolute kept counts `heads` and/or "
-        "`neurons` over the whole model.",
+        "mean length; for encoder-decoders, encoder + decoder per utterance) or of all parameters (`params`), "
+        "in (0, 1]; or absolute kept counts `heads` and/or `neurons` over the whole model.",
         default_factory=lambda: {"flops": 0.6},
     )
     structures: list = _help(
@@ -56,7 +56,14 @@ class Recipe:
     )
     num_samples: int = _help("At most this many calibration examples are used.", 512)
     seq_len: int | None = _help(
-        "Sequence length for the FLOPs budget; default: the calibration data's mean real length.", None
+        "Sequence length for the FLOPs budget; default: the calibration data's mean real length. For "
+        "encoder-decoder models (Whisper) the decoder's length: the mean transcript length in tokens.",
+        None,
+    )
+    encoder_seq_len: int | None = _help(
+        "Encoder-decoder models only: the encoder's length for the FLOPs budget (also the keys of "
+        "cross-attention); default: that of the calibration inputs (Whisper: 1500 frames for its 30 s input).",
+        None,
     )
     min_heads: int = _help("Each attention site keeps at least this many heads (0 allows removing a block).", 0)
     min_neurons: int = _help("Each FFN keeps at least this many neurons.", 0)
@@ -148,8 +155,9 @@ class Recipe:
             from .distill import distill_settings
 
             distill_settings(self.distill)
-        if self.seq_len is not None and self.seq_len < 1:
-            raise RecipeError(f"seq_len must be >= 1, got {self.seq_len}")
+        for name in ("seq_len", "encoder_seq_len"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def _check_weights(self) -> None:
         if "weights" not in self.structures:

@@ -17,7 +17,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .arch import residual_source, resolve_sites
-from .importance import Scores
+from .importance import Scores, real_positions
+from .lengths import positions
 from .linear import weight_out_in
 from .masks import SoftMasks
 
@@ -71,18 +72,16 @@ def rearrange(plan, scores: Scores, counts):
 # ------------------------------------------------------------------------------------------- mask tuning
 
 
-def _first_tokens(batches: list, tokens: int) -> list:
-    """The leading batches that hold about `tokens` real tokens (at least one batch). Without an attention mask
-    (audio) the number of positions per batch is unknown here, so every batch is kept."""
+def _first_tokens(model: nn.Module, batches: list, tokens: int) -> list:
+    """The leading batches that hold about `tokens` real positions (at least one batch). Audio counts frames
+    after the feature extractor, encoder-decoders encoder + decoder positions: 256 Whisper utterances are
+    384k encoder frames, and the dense targets of every site would be kept for all of them."""
     kept, seen = [], 0
     for batch in batches:
-        mask = batch.get("attention_mask")
-        if not isinstance(mask, torch.Tensor):
-            return batches
         if kept and seen >= tokens:
             break
         kept.append(batch)
-        seen += int(mask.sum())
+        seen += positions(model, batch)
     return kept
 
 
@@ -91,11 +90,11 @@ class _Stop(Exception):
 
 
 def _real_tokens(batch: dict, values: torch.Tensor) -> torch.Tensor:
-    mask = batch.get("attention_mask")
+    """The rows of `values` (batch, length, features) at real positions: padding (and, in a decoder, the
+    positions after a transcript's end) must not pull the least-squares fit."""
     flat = values.flatten(0, -2) if values.dim() > 2 else values
-    if isinstance(mask, torch.Tensor) and values.dim() > 2 and values.shape[:2] == mask.shape:
-        return flat[mask.flatten().bool()]
-    return flat
+    mask = real_positions(batch, values.shape) if values.dim() > 2 else None
+    return flat[mask.flatten().bool()] if mask is not None else flat
 
 
 def _inputs(batch: dict) -> dict:
@@ -204,7 +203,7 @@ def tune_masks(model: nn.Module, masks: SoftMasks, batches: list) -> dict[str, f
     """
     gates = {**masks.heads, **masks.neurons}
     sites = _tuning_order(model, masks)
-    batches = _first_tokens(batches, MAX_TOKENS)
+    batches = _first_tokens(model, batches, MAX_TOKENS)
     teacher = _teacher_targets(model, masks, sites, batches)
     errors = {}
     for name, site in tqdm(sites.items(), desc="mask tuning", unit="site", leave=False):
@@ -252,7 +251,7 @@ def reconstruct_weights(model: nn.Module, masks: SoftMasks, batches: list, dampi
     """
     gates = {**masks.heads, **masks.neurons}
     sites = _tuning_order(model, masks)
-    batches = _first_tokens(batches, MAX_TOKENS)
+    batches = _first_tokens(model, batches, MAX_TOKENS)
     teacher = _teacher_targets(model, masks, sites, batches)
     errors = {}
     for name, site in tqdm(sites.items(), desc="weight reconstruction", unit="site", leave=False):

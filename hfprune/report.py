@@ -65,6 +65,7 @@ class PruningReport:
             "params": [self.before.params, self.after.params],
             "flops": [self.before.flops, self.after.flops],
             "seq_len": self.before.seq_len,
+            "encoder_seq_len": self.before.encoder_seq_len,
             "num_samples": self.num_samples,
             "kept": {n: list(v) for n, v in self.kept_per_site().items()},
             "times": {k: round(v, 3) for k, v in self.times.items()},
@@ -103,7 +104,7 @@ class PruningReport:
             f"{'':<12}{'before':>16}{'after':>16}{'kept':>8}",
             f"{'params':<12}{self.before.params:>16,}{self.after.params:>16,}{self.params_kept:>8.1%}",
             f"{'GFLOPs':<12}{self.before.flops / 1e9:>16.4g}{self.after.flops / 1e9:>16.4g}{self.flops_kept:>8.1%}"
-            f"   (attention + FFN, {self.before.seq_len} tokens)",
+            f"   (attention + FFN, {self.before.lengths})",
         ]
         if not weights_only:
             lines += ["", f"{'site':<28}{'kept':>14}"]

@@ -154,11 +154,12 @@ def summarize(
     record = get_record(model) or PruningRecord()
     digest = (report.summary() if report is not None else record.report) or {}
     seq_len = seq_len or digest.get("seq_len") or 128
-    after = count(model, seq_len=seq_len)
+    encoder_seq_len = digest.get("encoder_seq_len")  # encoder-decoders: the encoder's length of the run
+    after = count(model, seq_len=seq_len, encoder_seq_len=encoder_seq_len)
     renamed = {_dense_name(n, record.layers): s for n, s in after.sites.items()}
 
     if dense is not None:
-        before = count(dense, seq_len=seq_len)
+        before = count(dense, seq_len=seq_len, encoder_seq_len=encoder_seq_len)
         before_units = {n: s.units for n, s in before.sites.items()}
         params_before, flops_before = before.params, before.flops
     else:
