@@ -202,6 +202,26 @@ def duplicate_units(model, family):
 
 
 @pytest.mark.parametrize("family", ["bert", "distilbert", "gpt2", "llama", "wav2vec2", "whisper"])
+def test_weight_reconstruction_recovers_an_exactly_reconstructible_model(family):
+    """The refit of each output projection must find the originals' columns doubled (and the bias kept)."""
+    from hfprune.refine import reconstruct_weights
+
+    model = build(family)
+    duplicate_units(model, family)
+    expected = logits(model, family)
+    with SoftMasks(model) as masks:
+        for gate in masks.heads.values():
+            gate[[1, 3]] = 0.0
+        for gate in masks.neurons.values():
+            gate[1] = 0.0
+        removal_error = (logits(model, family) - expected).abs().max()
+        errors = reconstruct_weights(model, masks, calibration(family), damping=1e-9)
+        refit_error = (logits(model, family) - expected).abs().max()
+    assert refit_error < 1e-4 and refit_error < removal_error / 10, (removal_error, refit_error)
+    assert max(errors.values()) < 1e-6
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert", "gpt2", "llama", "wav2vec2", "whisper"])
 def test_mask_tuning_recovers_an_exactly_reconstructible_model(family):
     """With the copies removed, least squares on residual + block output must find scale 2 for the originals,
     which only works if every site's residual is read from the right place."""
