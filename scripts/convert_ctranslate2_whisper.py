@@ -510,13 +510,15 @@ def transcribe_ct2(
 
 
 def check(source: Path, out: Path, cache_dir: str, examples: int = 5) -> dict:
-    """Transcribe the speech evaluation set with the converted model and with ctranslate2; WER of each."""
+    """Transcribe the test split of the speech evaluation set (scripts/speech_eval_set.py) greedily with the
+    converted model and with ctranslate2 on the original; WER of each, overall and per voice. Every transcript
+    goes to `out/check_transcripts.json`."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from speech_eval_set import speech_eval_set, wer
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    data = speech_eval_set(cache_dir)["test"]
-    audios, references = [np.asarray(a, np.float32) for a in data["audio"]], data["text"]
+    data = speech_eval_set(cache_dir, splits=["test"])["test"]
+    audios, references, voices = [np.asarray(a, np.float32) for a in data["audio"]], data["text"], data["voice"]
     model = WhisperForConditionalGeneration.from_pretrained(out).eval()
     processor = WhisperProcessor.from_pretrained(out)
     started = time.perf_counter()
@@ -525,19 +527,29 @@ def check(source: Path, out: Path, cache_dir: str, examples: int = 5) -> dict:
     started = time.perf_counter()
     ct2 = transcribe_ct2(source, processor, audios)
     ct2_seconds = time.perf_counter() - started
-    result = {
+    by_voice = {}
+    for voice in dict.fromkeys(voices):
+        rows = [i for i, v in enumerate(voices) if v == voice]
+        by_voice[voice] = {
+            "converted": wer([hf[i] for i in rows], [references[i] for i in rows]),
+            "ctranslate2": wer([ct2[i] for i in rows], [references[i] for i in rows]),
+        }
+    rows = [
+        {"voice": v, "speed": s, "reference": r, "converted": h, "ctranslate2": c}
+        for v, s, r, h, c in zip(voices, data["speed"], references, hf, ct2, strict=True)
+    ]
+    (Path(out) / "check_transcripts.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return {
         "clips": len(audios),
+        "audio_minutes": round(sum(len(a) for a in audios) / 16_000 / 60, 2),
         "wer_converted": wer(hf, references),
         "wer_ctranslate2": wer(ct2, references),
+        "wer_by_voice": by_voice,
         "identical_transcripts": sum(a == b for a, b in zip(hf, ct2, strict=True)),
         "seconds_converted": round(hf_seconds, 1),
         "seconds_ctranslate2": round(ct2_seconds, 1),
-        "examples": [
-            {"reference": r, "converted": h, "ctranslate2": c}
-            for r, h, c in list(zip(references, hf, ct2, strict=True))[:examples]
-        ],
+        "examples": rows[:examples],
     }
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:

