@@ -147,13 +147,14 @@ def read_ctranslate2(path: str | Path) -> CTranslate2Model:
         if target not in model.variables:
             raise CTranslate2FormatError(f"{path} is corrupt: alias {alias!r} points to unknown variable {target!r}")
         model.aliases[alias] = target
-        model.variables[alias] = model.variables[target]
     if reader.offset != len(reader.data):
         raise CTranslate2FormatError(
             f"{path} is corrupt: {len(reader.data) - reader.offset} unexpected bytes after the aliases "
             f"(byte {reader.offset} of {len(reader.data)})"
         )
     _dequantize(model)
+    for alias, target in model.aliases.items():  # after dequantizing, so that an alias shares the float weights
+        model.variables[alias] = model.variables[target]
     return model
 
 
