@@ -438,8 +438,13 @@ def convert(source: str | Path, out: str | Path | None = None, dtype: torch.dtyp
 
     source = Path(source)
     ct2 = read_ctranslate2(source / "model.bin")
+    if ct2.spec != SPEC_NAME:
+        raise CTranslate2FormatError(f"{source / 'model.bin'} holds a {ct2.spec!r}, not a {SPEC_NAME!r}")
     config_path = source / "config.json"
-    ct2_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    try:  # suppressed tokens, language ids, alignment heads; optional
+        ct2_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    except json.JSONDecodeError as error:
+        raise CTranslate2FormatError(f"{config_path} is not valid JSON: {error}") from None
     vocab_size, _ = ct2.variables.get("decoder/embeddings/weight", torch.empty(0, 0)).shape
     processor = build_processor(
         source,

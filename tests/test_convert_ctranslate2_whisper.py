@@ -282,6 +282,10 @@ def test_missing_truncated_and_corrupt_files_are_named(ct2_dir, tmp_path):
     model_bin.write_bytes(broken)
     with pytest.raises(CTranslate2FormatError, match=f"{name}.*should take"):
         read_ctranslate2(model_bin)
+    model_bin.write_bytes(data)
+    (ct2_dir / "config.json").write_text("{not json")
+    with pytest.raises(CTranslate2FormatError, match="config.json is not valid JSON"):
+        convert(ct2_dir)
     # And the command line says so instead of a traceback.
     assert convert_script.main(["--source", str(ct2_dir), "--out", str(tmp_path / "out")]) == 2
 
