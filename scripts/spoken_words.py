@@ -128,15 +128,24 @@ def _fit(audio: np.ndarray, length: int) -> np.ndarray:
     return np.pad(audio, (left, length - len(audio) - left)).astype(np.float32)
 
 
+def speak(
+    text: str, voice: str, speed: int, pitch: int, cache_dir: str | os.PathLike, name: str | None = None
+) -> np.ndarray:
+    """`text` spoken by one espeak-ng voice, trimmed of leading/trailing silence, as float32 mono samples at
+    16 kHz. espeak-ng's wav is cached as `cache_dir/espeak-ng/VOICE/sSPEED-pPITCH/NAME.wav` (`name` defaults to
+    the text itself; give a short one, e.g. a hash, for sentences)."""
+    path = Path(cache_dir).expanduser() / "espeak-ng" / voice / f"s{speed}-p{pitch}" / f"{name or text}.wav"
+    if not path.exists():
+        _synthesize(text, voice, speed, pitch, path)
+    audio, rate = _read_wav(path)
+    return resample(_trim(audio), rate, SAMPLING_RATE)
+
+
 def clip(
     word: str, voice: str, speed: int, pitch: int, cache_dir: str | os.PathLike, duration: float = 1.0
 ) -> np.ndarray:
     """One word spoken by one voice, as float32 mono samples at 16 kHz, `duration` seconds long."""
-    path = Path(cache_dir).expanduser() / "espeak-ng" / voice / f"s{speed}-p{pitch}" / f"{word}.wav"
-    if not path.exists():
-        _synthesize(word, voice, speed, pitch, path)
-    audio, rate = _read_wav(path)
-    return _fit(resample(_trim(audio), rate, SAMPLING_RATE), round(duration * SAMPLING_RATE))
+    return _fit(speak(word, voice, speed, pitch, cache_dir), round(duration * SAMPLING_RATE))
 
 
 def spoken_words(
