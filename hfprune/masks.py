@@ -54,7 +54,7 @@ class SoftMasks:
         neurons: bool = True,
         requires_grad: bool = False,
         observer=None,
-        channels: bool = True,
+        channels: bool = False,
     ):
         self.model = model
         self.observer = observer

@@ -66,7 +66,8 @@ def norm_layout(norm: nn.Module) -> NormLayout:
     """The layout of a norm over channels; an error for norms whose channels cannot be pruned one by one."""
     layout = NORMS.get(type(norm))
     if layout is None:
-        raise TypeError(f"hfprune cannot prune the channels of a {type(norm).__name__}; supported: LayerNorm, GroupNorm")
+        supported = ", ".join(cls.__name__ for cls in NORMS)
+        raise TypeError(f"hfprune cannot prune the channels of a {type(norm).__name__}; supported: {supported}")
     if isinstance(norm, nn.GroupNorm) and norm.num_groups != norm.num_channels:
         raise TypeError("hfprune can prune the channels of a GroupNorm only with one group per channel")
     if isinstance(norm, nn.LayerNorm) and len(norm.normalized_shape) != 1:

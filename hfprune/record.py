@@ -24,8 +24,9 @@ class PruningRecord:
         kv_heads: site name -> kept original KV-head indices.
         neurons: site name -> kept original FFN neuron indices.
         channels: conv site name -> kept original output-channel indices.
-        dense: site name -> {"heads" | "kv_heads" | "neurons" | "channels": size before the first surgery}, so reports can say
-            "6 of 12" for a model pruned by surgery or during training, without its dense original at hand.
+        dense: site name -> {"heads" | "kv_heads" | "neurons" | "channels": size before the first surgery}, so
+            reports can say "6 of 12" for a model pruned by surgery or during training, without its dense original
+            at hand.
         recipe: the recipe that produced the model, when there was one (written to pruning_config.json).
         report: a summary of the pruning report, when there was one.
     """

@@ -59,8 +59,7 @@ class ConvSite:
     @property
     def _outer_prefix(self) -> str:
         # `output` and `output_norm` live beside the conv stack's parent (the feature encoder).
-        parent = self.stack_path[: -len(self.spec.path)]
-        return parent
+        return self.stack_path[: -len(self.spec.path)]
 
     @property
     def consumer(self) -> nn.Module:
@@ -89,12 +88,15 @@ def resolve_conv_sites(model: nn.Module) -> dict[str, ConvSite]:
     spec = get_adapter(model).conv
     if spec is None:
         return {}
-    matches = [n for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and (n == spec.path or n.endswith("." + spec.path))]
+    matches = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.ModuleList) and (n == spec.path or n.endswith("." + spec.path))
+    ]
     if len(matches) > 1:
         raise UnsupportedModelError(f"found several `{spec.path}` conv stacks in the model: {matches}")
     if not matches:
         return {}  # e.g. a model whose task wrapper holds no feature encoder
     layers = model.get_submodule(matches[0])
-    return {
-        f"{spec.name}.{i}.conv": ConvSite(f"{spec.name}.{i}.conv", spec, matches[0], i, model) for i in range(len(layers))
-    }
+    names = [f"{spec.name}.{i}.conv" for i in range(len(layers))]
+    return {name: ConvSite(name, spec, matches[0], i, model) for i, name in enumerate(names)}
