@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ FAMILIES = ["wav2vec2", "hubert", "wavlm"]
 MODES = ["group", "layer"]
 # 32 channels per conv layer: room for a budget to take some while rounding to multiples of 8.
 WIDE = dict(conv_dim=(32, 32))
+RECIPE = Path(__file__).parents[1] / "recipes" / "wav2vec2-heads-ffn-channels.yaml"
 
 
 def audio(batch=2, samples=800, seed=1, mask=False):
@@ -236,8 +238,8 @@ def clips(batches=4):
 @pytest.mark.parametrize("mode", MODES)
 def test_prune_end_to_end_spends_the_budget_on_channels_too(mode, tmp_path):
     model = classifier(feat_extract_norm=mode)
-    recipe = hfprune.Recipe.load("recipes/wav2vec2-heads-ffn-channels.yaml")
-    recipe = hfprune.Recipe.from_dict({**recipe.to_dict(), "seq_len": None, "min_channels": 8, "target": {"flops": 0.5}})
+    shipped = hfprune.Recipe.load(RECIPE).to_dict()
+    recipe = hfprune.Recipe.from_dict({**shipped, "seq_len": None, "min_channels": 8, "target": {"flops": 0.5}})
     report = hfprune.prune(model, recipe, calibration=clips())
     assert report.flops_kept <= 0.5 + 1e-9
     assert "feature_extractor.0.conv" in report.before.sites, "the CNN is in the budget"
