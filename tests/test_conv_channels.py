@@ -313,3 +313,11 @@ def test_surgery_refuses_to_empty_a_conv_layer():
     with pytest.raises(PruningSpecError, match="no conv site"):
         hfprune.remove_channels(model, {"encoder.0.ffn": [0]})
     assert list(model.config.conv_dim) == [16, 16]
+
+
+def test_training_callback_refuses_channels_for_now():
+    recipe = hfprune.Recipe(
+        target={"flops": 0.5}, structures=["heads", "neurons", "channels"], schedule={"type": "oneshot"}
+    )
+    with pytest.raises(hfprune.RecipeError, match=r"\[channels\] is one-shot only"):
+        hfprune.PruningCallback(recipe)
