@@ -123,6 +123,9 @@ def _from_record(after: ModelCount, record: PruningRecord) -> tuple[dict[str, in
         if units[name] is None or kv_units is None or (site.units == 0 and units[name]):
             exact = False
             continue
+        if site.kind == "conv" and units[name] != site.units:
+            exact = False  # a removed channel also narrowed the next conv's inputs: not a per-unit sum
+            continue
         params += (units[name] - site.units) * site.params_per_unit
         params += (kv_units - site.kv_units) * site.params_per_kv_unit
         flops += (units[name] - site.units) * site.flops_per_unit + (kv_units - site.kv_units) * site.flops_per_kv_unit
@@ -160,7 +163,11 @@ def summarize(
     record = get_record(model) or PruningRecord()
     digest = (report.summary() if report is not None else record.report) or {}
     seq_len = seq_len or digest.get("seq_len") or 128
-    conv = bool(record.channels)  # channel-pruned models count their conv feature encoder, as their budget did
+    # Models pruned with `channels` count their conv feature encoder, as their budget did, even if no channel went.
+    structures = (getattr(report, "recipe", None) and report.recipe.structures) or (record.recipe or {}).get(
+        "structures", []
+    )
+    conv = bool(record.channels) or "channels" in structures or any(n.endswith(".conv") for n in digest.get("kept", {}))
     after = count(model, seq_len=seq_len, conv=conv)
     renamed = {_dense_name(n, record.layers): s for n, s in after.sites.items()}
 
