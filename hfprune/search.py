@@ -124,18 +124,21 @@ def _best_split(heads: list[_Unit], neurons: list[_Unit], budget: float) -> tupl
 
 
 def search(counts: ModelCount, scores: Scores, recipe: Recipe) -> Plan:
-    """Choose the heads and neurons to keep so the model fits `recipe.target`.
+    """Choose the heads, neurons and conv channels to keep so the model fits `recipe.target`.
 
     Args:
-        counts: `hfprune.count` of the model to prune, at the budget's sequence length.
-        scores: importance of every head and neuron (`hfprune.importance.compute_scores`).
+        counts: `hfprune.count` of the model to prune, at the budget's sequence length (with `conv=True` when
+            channels are pruned, so the budget covers the conv feature encoder).
+        scores: importance of every head, neuron and (for `channels`) conv channel
+            (`hfprune.importance.compute_scores`).
         recipe: budget, structures, minimums, rounding and GQA mode.
 
     Returns:
         `Plan` with the kept indices of every pruned site.
 
     Raises:
-        RecipeError: when the budget cannot be met (the minimums and what is not pruned already exceed it).
+        RecipeError: when the budget cannot be met (the minimums and what is not pruned already exceed it; a
+            conv layer always keeps `min_channels` >= 1 channels, so a budget that would empty one fails here).
     """
     metric = next(k for k in ("flops", "params", "heads", "neurons") if k in recipe.target)
     eligible = {
