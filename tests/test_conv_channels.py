@@ -321,3 +321,27 @@ def test_training_callback_refuses_channels_for_now():
     )
     with pytest.raises(hfprune.RecipeError, match=r"\[channels\] is one-shot only"):
         hfprune.PruningCallback(recipe)
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "activation", "taylor"])
+@pytest.mark.parametrize("mode", MODES)
+def test_prune_end_to_end_equals_the_masked_dense_model(criterion, mode):
+    """Criteria without a common scale give every kind its share of the budget, so channels surely go; without
+    mask tuning, the pruned model is the dense one with its record's complement gated to zero."""
+    model = classifier(feat_extract_norm=mode)
+    dense = copy.deepcopy(model)
+    recipe = hfprune.Recipe(target={"flops": 0.5}, structures=["heads", "neurons", "channels"], criterion=criterion,
+                            min_channels=8, tune=False, rearrange=False, num_samples=8)
+    report = hfprune.prune(model, recipe, calibration=clips())
+    assert report.flops_kept <= 0.5 + 1e-9
+    assert sum(model.config.conv_dim) < 64, "channels were pruned"
+    record = model._hfprune_record
+    batch = audio(seed=7)
+    with hfprune.SoftMasks(dense, channels=True) as masks:
+        for gates, kept in ((masks.heads, record.heads), (masks.neurons, record.neurons),
+                            (masks.channels, record.channels)):
+            for name, indices in kept.items():
+                gates[name].zero_()
+                gates[name][indices] = 1.0
+        expected = logits(dense, batch)
+    assert torch.allclose(logits(model, batch), expected, atol=ATOL)
