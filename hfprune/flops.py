@@ -150,7 +150,8 @@ def _conv_count(site: ConvSite, frames: int) -> SiteCount:
     fixed = 0
     if site.is_last:  # the feature projection reads the last layer's channels
         projection = site.consumer
-        params_per_channel += out_features(projection)
+        # Other readers (the pre-training quantizer) are parameters, not inference FLOPs.
+        params_per_channel += sum(out_features(reader) for reader in site.consumers)
         flops_per_channel += 2 * frames * out_features(projection)
         fixed = out_features(projection) * _bias(projection)
     return SiteCount(site.name, "conv", site.num_channels, 0, params_per_channel, flops_per_channel, 0, 0, fixed)

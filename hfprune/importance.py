@@ -166,7 +166,8 @@ def channel_sums(model: nn.Module, values: Callable[[nn.Module], torch.Tensor]) 
     channels = {}
     for name, site in resolve_conv_sites(model).items():
         own = values(site.conv).flatten(1).sum(1)
-        read = values(site.consumer).transpose(0, 1).flatten(1).sum(1)  # (in, out[, kernel]) -> per input
+        # (in, out[, kernel]) -> per input
+        read = sum(values(consumer).transpose(0, 1).flatten(1).sum(1) for consumer in site.consumers)
         channels[name] = own + read
     return channels
 

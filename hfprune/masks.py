@@ -121,9 +121,9 @@ class SoftMasks:
             self._handles.append(self._sites[name].output.register_forward_pre_hook(self._neuron_hook(name)))
         for name in self.channels:
             site = self._conv_sites[name]
-            consumer = site.consumer
-            hook = self._channel_hook(name, _CHANNEL_DIM[type(consumer)])
-            self._handles.append(consumer.register_forward_pre_hook(hook))
+            for consumer in site.consumers:
+                hook = self._channel_hook(name, _CHANNEL_DIM[type(consumer)])
+                self._handles.append(consumer.register_forward_pre_hook(hook))
             for norm in site.norms:
                 gated = norm_layout(norm).gated
                 if gated is not None:  # statistics over all channels: recompute them over the gated ones

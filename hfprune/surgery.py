@@ -236,9 +236,10 @@ def remove_channels(model: nn.Module, channels: Mapping[str, Iterable[int]]) -> 
     for site, kept in plan:
         record.keep("channels", site.name, site.num_channels, kept)
         keep = torch.tensor(kept, dtype=torch.long)
-        norms, consumer, is_last = site.norms, site.consumer, site.is_last  # resolved before shapes change
+        norms, consumers, is_last = site.norms, site.consumers, site.is_last  # resolved before shapes change
         keep_outputs(site.conv, keep)
-        keep_inputs(consumer, keep)
+        for consumer in consumers:
+            keep_inputs(consumer, keep)
         for norm in norms:
             keep_norm_channels(norm, keep)
         setattr(site.layer, site.spec.out_attribute, len(kept))

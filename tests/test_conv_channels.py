@@ -345,3 +345,37 @@ def test_prune_end_to_end_equals_the_masked_dense_model(criterion, mode):
                 gates[name][indices] = 1.0
         expected = logits(dense, batch)
     assert torch.allclose(logits(model, batch), expected, atol=ATOL)
+
+
+def test_pretraining_quantizer_reads_the_pruned_channels():
+    """Wav2Vec2ForPreTraining's quantizer also reads the last conv layer's (normalised) channels."""
+    config = transformers.Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, conv_dim=(16, 16),
+        conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        codevector_dim=16, proj_codevector_dim=16, num_codevectors_per_group=8, feat_extract_norm="layer",
+    )
+    torch.manual_seed(0)
+    model = transformers.Wav2Vec2ForPreTraining(config).eval()
+    channels = removal(model)
+
+    def run(model):
+        with torch.no_grad():
+            output = model(**audio())
+        return torch.cat([output.projected_states, output.projected_quantized_states], -1)
+
+    with hfprune.SoftMasks(model, channels=True) as masks:
+        for name, indices in channels.items():
+            masks.channels[name][indices] = 0.0
+        expected = run(model)
+    before = hfprune.count(model, conv=True)
+    hfprune.remove_channels(model, channels)
+    assert model.quantizer.weight_proj.in_features == model.config.conv_dim[-1]
+    assert torch.allclose(run(model), expected, atol=ATOL)
+    last = before.sites["feature_extractor.1.conv"]
+    removed = len(channels["feature_extractor.1.conv"])
+    first_removed = len(channels["feature_extractor.0.conv"])
+    # Params are exact per channel, up to conv 1's inputs that conv 0's removed channels took along.
+    after = hfprune.count(model, conv=True).params
+    assert after == before.params - removed * last.params_per_unit - first_removed * (
+        before.sites["feature_extractor.0.conv"].params_per_unit + (16 - removed) * 3
+    )

@@ -125,6 +125,8 @@ class ConvSpec:
             conv stack's parent (`feature_projection.projection` beside `feature_extractor`).
         output_norm: path (relative like `output`) of the norm over the last layer's channels before `output`,
             where the config builds one.
+        readers: paths, relative to the model, of further projections that read the last layer's channels after
+            `output_norm`, sliced with them where the model has them (the pre-training quantizer's `weight_proj`).
         out_attribute, in_attribute: conv-layer attributes holding its output / input channel counts.
         dims_field: config field listing the channels of every conv layer; pruned sizes are written to it, so the
             stock `from_pretrained` builds the pruned shapes.
@@ -139,6 +141,7 @@ class ConvSpec:
     out_attribute: str
     in_attribute: str
     dims_field: str
+    readers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

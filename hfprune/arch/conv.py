@@ -69,6 +69,14 @@ class ConvSite:
         return self.root.get_submodule(self._outer_prefix + self.spec.output)
 
     @property
+    def consumers(self) -> list[nn.Module]:
+        """The consumer and, for the last layer, the model's other readers of its channels."""
+        if not self.is_last:
+            return [self.consumer]
+        readers = [_find(self.root, path) for path in self.spec.readers]
+        return [self.consumer, *(r for r in readers if r is not None)]
+
+    @property
     def consumer_norm(self) -> nn.Module | None:
         """A norm over this layer's channels on the way to the consumer (the last layer's feature-projection norm)."""
         return _find(self.root, self._outer_prefix + self.spec.output_norm) if self.is_last else None

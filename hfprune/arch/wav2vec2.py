@@ -47,6 +47,7 @@ FEATURE_ENCODER = ConvSpec(
     out_attribute="out_conv_dim",
     in_attribute="in_conv_dim",
     dims_field="conv_dim",
+    readers=("quantizer.weight_proj",),  # *ForPreTraining: the quantizer reads the normalised CNN features
 )
 
 WAV2VEC2 = register_adapter(Adapter(model_types=("wav2vec2", "hubert"), stacks=(ENCODER,), conv=FEATURE_ENCODER))
