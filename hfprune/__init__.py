@@ -15,7 +15,7 @@ from .recipe import Recipe, RecipeError  # noqa: E402
 from .report import PruningReport  # noqa: E402
 from .semi_structured import to_semi_structured  # noqa: E402
 from .sparsity import weight_sparsity  # noqa: E402
-from .surgery import remove_heads, remove_layers, remove_neurons, sites  # noqa: E402
+from .surgery import remove_channels, remove_heads, remove_layers, remove_neurons, sites  # noqa: E402
 
 __all__ = [
     "CRITERIA",
@@ -37,6 +37,7 @@ __all__ = [
     "register_criterion",
     "from_pretrained",
     "register_adapter",
+    "remove_channels",
     "remove_heads",
     "remove_layers",
     "remove_neurons",

@@ -121,8 +121,12 @@ class PruningCallback(TrainerCallback):
                 f"criterion {self.recipe.criterion!r} is not available during training yet; use one of "
                 f"{TRAINING_CRITERIA}"
             )
-        if "layers" in self.recipe.structures:
-            raise RecipeError("PruningCallback prunes heads and neurons; structures: [layers] is one-shot only")
+        for one_shot in ("layers", "channels"):
+            if one_shot in self.recipe.structures:
+                raise RecipeError(
+                    f"PruningCallback prunes heads and neurons; structures: [{one_shot}] is one-shot only "
+                    "(hfprune.prune)"
+                )
         self.seq_len = seq_len or self.recipe.seq_len or 128
         self.encoder_seq_len = encoder_seq_len or self.recipe.encoder_seq_len
         self.masks: SoftMasks | None = None

@@ -1,16 +1,22 @@
-"""Analytic parameter and FLOP counts, per site and per structure (one head, one KV head, one neuron).
+"""Analytic parameter and FLOP counts, per site and per structure (one head, one KV head, one neuron, one channel).
 
 FLOPs count 2 per multiply-accumulate, for one sequence. They cover what pruning changes: the projections
-and attention matmuls of every site. Embeddings, norms and task heads are in `params` but not in `flops`.
+and attention matmuls of every site, and on request (`conv=True`) the conv layers of a speech feature encoder
+with its feature projection. Embeddings, norms and task heads are in `params` but not in `flops`.
 
 Encoder-decoder models (Whisper) are counted per utterance, encoder and decoder together: the encoder's sites
 at the encoder length (1500 frames after Whisper's conv stem for 30 s of audio), the decoder's at the
 decoder length (the mean transcript length in tokens, teacher-forced: every position once), and
 cross-attention with queries at the decoder length and keys/values over the encoder length. So `target.flops`
 is a fraction of encoder + decoder FLOPs per utterance, and each head or neuron costs what it costs at its own
-stack's length. The conv stem, embeddings and the LM head are not counted (pruning does not change them).
+stack's length. Whisper's conv stem, embeddings and the LM head are not counted (pruning does not change them).
 The per-structure figures are exact: removing a head lowers a site's params by `params_per_head` (and its
 FLOPs by `flops_per_head`), which is what a budget search spends.
+
+A conv channel is the one exception: conv i costs in_channels x out_channels, a product of two sites' units. A
+conv site owns its own conv (and, for the last layer, the feature projection), priced per output channel at
+the *current* input channels, so removing a channel of conv i+1 also makes conv i+1's channels cheaper than
+counted: a budget spent on these figures is met, possibly with some FLOPs to spare, never exceeded.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from .arch import AttentionSite, resolve_sites
+from .arch import AttentionSite, ConvSite, resolve_conv_sites, resolve_sites
 from .linear import in_features, out_features
 
 
@@ -32,7 +38,8 @@ class SiteCount:
     """Counts of one site.
 
     Attributes:
-        units: heads (attention) or neurons (ffn) left; `kv_units` KV heads left (attention).
+        units: heads (attention), neurons (ffn) or output channels (conv) left; `kv_units` KV heads left
+            (attention).
         params, flops: the site's totals now.
         params_per_unit, flops_per_unit: what one query head / one neuron costs.
         params_per_kv_unit, flops_per_kv_unit: what one KV head costs (its K and V rows).
@@ -91,6 +98,8 @@ class ModelCount:
         for s in self.sites.values():
             rows.append(f"{s.name:<28}{s.kind:<16}{s.units:>8}{s.params:>14,}{s.flops / 1e9:>10.3f}")
         rows.append(f"{'total (model)':<52}{self.params:>14,}{self.flops / 1e9:>10.3f}")
+        if any(s.kind == "conv" for s in self.sites.values()):
+            return "\n".join(rows) + f"\n(FLOPs for one clip of {self.seq_len} frames after the conv feature encoder)"
         return "\n".join(rows) + f"\n(FLOPs for one sequence of {self.lengths})"
 
     @property
@@ -135,7 +144,39 @@ def _ffn_count(site, seq_len: int) -> SiteCount:
                      out_dim * _bias(output))
 
 
-def count(model: nn.Module, seq_len: int = 128, encoder_seq_len: int | None = None) -> ModelCount:
+def conv_frames(sites: list[ConvSite], frames: int) -> list[int]:
+    """Output frames of each conv layer for a clip that leaves `frames` frames after the last one.
+
+    Walks the kernels and strides backwards from the shortest input that gives `frames` (the same arithmetic as
+    transformers' `_get_feat_extract_output_lengths`, inverted), so the conv FLOPs match the encoder length.
+    """
+    lengths = [frames]
+    for site in reversed(sites[1:]):
+        conv = site.conv
+        lengths.append((lengths[-1] - 1) * conv.stride[0] + conv.kernel_size[0])
+    return lengths[::-1]
+
+
+def _conv_count(site: ConvSite, frames: int) -> SiteCount:
+    conv = site.conv
+    kernel_inputs = conv.in_channels * conv.kernel_size[0]
+    params_per_channel = kernel_inputs + _bias(conv) + sum(
+        sum(p.numel() for p in norm.parameters()) // site.num_channels for norm in site.norms
+    )
+    flops_per_channel = 2 * kernel_inputs * frames
+    fixed = 0
+    if site.is_last:  # the feature projection reads the last layer's channels
+        projection = site.consumer
+        # Other readers (the pre-training quantizer) are parameters, not inference FLOPs.
+        params_per_channel += sum(out_features(reader) for reader in site.consumers)
+        flops_per_channel += 2 * frames * out_features(projection)
+        fixed = out_features(projection) * _bias(projection)
+    return SiteCount(site.name, "conv", site.num_channels, 0, params_per_channel, flops_per_channel, 0, 0, fixed)
+
+
+def count(
+    model: nn.Module, seq_len: int = 128, encoder_seq_len: int | None = None, conv: bool = False
+) -> ModelCount:
     """Count parameters and FLOPs of `model`, in total and per site.
 
     Args:
@@ -143,6 +184,9 @@ def count(model: nn.Module, seq_len: int = 128, encoder_seq_len: int | None = No
         seq_len: tokens (or audio frames after the feature extractor) per sequence.
         encoder_seq_len: for encoder-decoder models (Whisper), the encoder's length, also the key length of
             cross-attention; defaults to `seq_len`. With it, `seq_len` is the decoder's length (tokens).
+        conv: also count the conv sites of a speech feature encoder (per layer 2 x in x out x kernel x output
+            frames, the frames of a clip that gives `seq_len` encoder frames) and its feature projection. Off
+            by default: FLOPs then cover attention + FFN, as budgets without channel pruning are defined.
 
     Returns:
         `ModelCount`: `.params`, `.flops`, and `.sites[name]` (`SiteCount`) with per-head/per-neuron costs.
@@ -155,8 +199,12 @@ def count(model: nn.Module, seq_len: int = 128, encoder_seq_len: int | None = No
     """
     encoder_seq_len = encoder_seq_len or seq_len
     sites = {}
-    resolved = resolve_sites(model)
-    for name, site in resolved.items():
+    transformer = resolve_sites(model)
+    conv_sites = resolve_conv_sites(model) if conv else {}
+    frames = conv_frames(list(conv_sites.values()), encoder_seq_len) if conv_sites else []
+    for (name, site), length in zip(conv_sites.items(), frames, strict=True):
+        sites[name] = _conv_count(site, length)
+    for name, site in transformer.items():
         length = encoder_seq_len if site.stack.spec.name == "encoder" else seq_len
         if isinstance(site, AttentionSite):
             key_len = encoder_seq_len if site.kind == "cross_attention" else length
@@ -164,6 +212,6 @@ def count(model: nn.Module, seq_len: int = 128, encoder_seq_len: int | None = No
         else:
             sites[name] = _ffn_count(site, length)
     params = sum(p.numel() for p in model.parameters())
-    stacks = {site.stack.spec.name for site in resolved.values()}
+    stacks = {site.stack.spec.name for site in transformer.values()}
     encoder = encoder_seq_len if {"encoder", "decoder"} <= stacks else None  # only a two-stack model has both
     return ModelCount(params=params, sites=sites, seq_len=seq_len, encoder_seq_len=encoder)

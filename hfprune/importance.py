@@ -1,12 +1,15 @@
-"""Importance criteria for heads and FFN neurons, registered by name, all computed through `SoftMasks`.
+"""Importance criteria for heads, FFN neurons and conv channels, registered by name, all computed through
+`SoftMasks`.
 
-A criterion maps `(model, batches)` to `Scores`: one score per head and per neuron of every site, higher
-meaning more important. Gradient criteria also keep the per-batch gate gradients, which the mask
-rearrangement step of the search uses (Kwon et al. 2022).
+A criterion maps `(model, batches)` to `Scores`: one score per head and per neuron of every site, higher meaning
+more important; called with `channels=True`, also one per conv channel (speech feature encoders). Gradient
+criteria also keep the per-batch gate gradients, which the mask rearrangement step of the search uses (Kwon et
+al. 2022).
 
 Sources:
-- magnitude: L2 norm of a head's q/k/v rows and o columns; of a neuron's up (gate) rows and down column.
-- activation: mean |activation| of a neuron; mean L2 norm of a head's context vector, over real tokens.
+- magnitude: L2 norm of a head's q/k/v rows and o columns; of a neuron's up (gate) rows and down column; of a
+  channel's conv filter and the consumer's input weights that read it.
+- activation: mean |activation| of a neuron or channel; mean L2 norm of a head's context vector, over real tokens.
 - taylor (Michel et al. 2019, "Are Sixteen Heads Really Better than One?"): E_batches |dL/d gate|.
 - fisher (Kwon et al. 2022, "A Fast Post-Training Pruning Framework for Transformers"): sum_batches (dL/d gate)^2.
 """
@@ -20,7 +23,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .arch import AttentionSite, resolve_sites
+from .arch import AttentionSite, resolve_conv_sites, resolve_sites
 from .errors import CalibrationError
 from .linear import weight_out_in
 from .masks import SoftMasks
@@ -29,14 +32,16 @@ from .seq2seq import with_decoder_inputs
 
 @dataclass
 class Scores:
-    """Importance of every head and neuron.
+    """Importance of every head, neuron and conv channel.
 
     Attributes:
         heads: site name -> `(num_heads,)` scores.
         neurons: site name -> `(num_neurons,)` scores.
-        comparable: whether head and neuron scores share a scale (both estimate the same loss change), so a
-            search may trade heads against neurons. Magnitude and activation scores are not comparable.
-        head_grads, neuron_grads: site name -> `(num_batches, units)` gate gradients, for gradient criteria.
+        comparable: whether head, neuron and channel scores share a scale (all estimate the same loss change), so
+            a search may trade them against each other. Magnitude and activation scores are not comparable.
+        head_grads, neuron_grads, channel_grads: site name -> `(num_batches, units)` gate gradients, for
+            gradient criteria.
+        channels: conv site name -> `(num_channels,)` scores (empty for models without conv sites).
     """
 
     heads: dict[str, torch.Tensor]
@@ -44,6 +49,8 @@ class Scores:
     comparable: bool
     head_grads: dict[str, torch.Tensor] = field(default_factory=dict)
     neuron_grads: dict[str, torch.Tensor] = field(default_factory=dict)
+    channels: dict[str, torch.Tensor] = field(default_factory=dict)
+    channel_grads: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 Criterion = Callable[[nn.Module, list], Scores]
@@ -52,7 +59,8 @@ NEEDS_DATA: set[str] = set()
 
 
 def register_criterion(name: str, needs_data: bool = True):
-    """Register a criterion under `name`, so a recipe's `criterion: name` finds it."""
+    """Register a criterion under `name`, so a recipe's `criterion: name` finds it. A criterion that can score conv
+    channels takes a `channels: bool = False` keyword (it is passed only when a recipe prunes channels)."""
 
     def decorator(function: Criterion) -> Criterion:
         CRITERIA[name] = function
@@ -69,14 +77,17 @@ def get_criterion(name: str) -> Criterion:
     return CRITERIA[name]
 
 
-def compute_scores(model: nn.Module, criterion: str, batches: list) -> Scores:
-    """Score every head and neuron of `model` with `criterion` over `batches` (model-ready dicts).
+def compute_scores(model: nn.Module, criterion: str, batches: list, channels: bool = False) -> Scores:
+    """Score every head and neuron of `model` with `criterion` over `batches` (model-ready dicts); with `channels`
+    also every conv channel. Channels are opt-in: gating them extends the backward pass through the whole
+    feature encoder, which a recipe that keeps the channels should not pay for.
 
     Encoder-decoder batches without decoder inputs are completed first (`seq2seq.with_decoder_inputs`: the
     dense model's own transcripts become the labels), so unlabelled audio can score a Whisper model."""
     if batches and criterion in NEEDS_DATA:
         batches = with_decoder_inputs(model, batches)
-    return get_criterion(criterion)(model, batches)
+    function = get_criterion(criterion)
+    return function(model, batches, channels=True) if channels else function(model, batches)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -166,11 +177,26 @@ def unit_sums(model: nn.Module, values: Callable[[nn.Module], torch.Tensor]) -> 
     return heads, neurons
 
 
+def channel_sums(model: nn.Module, values: Callable[[nn.Module], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """As `unit_sums`, per conv channel: its conv filter (output row) and the consumer's weights reading it."""
+    channels = {}
+    for name, site in resolve_conv_sites(model).items():
+        own = values(site.conv).flatten(1).sum(1)
+        # (in, out[, kernel]) -> per input
+        read = sum(values(consumer).transpose(0, 1).flatten(1).sum(1) for consumer in site.consumers)
+        channels[name] = own + read
+    return channels
+
+
 @register_criterion("magnitude", needs_data=False)
 @torch.no_grad()
-def magnitude(model: nn.Module, batches: list | None = None) -> Scores:
-    heads, neurons = unit_sums(model, lambda m: weight_out_in(m).float().pow(2))
-    return Scores({n: s.sqrt() for n, s in heads.items()}, {n: s.sqrt() for n, s in neurons.items()}, False)
+def magnitude(model: nn.Module, batches: list | None = None, channels: bool = False) -> Scores:
+    squares = lambda m: weight_out_in(m).float().pow(2)  # noqa: E731
+    heads, neurons = unit_sums(model, squares)
+    by_channel = {n: s.sqrt() for n, s in channel_sums(model, squares).items()} if channels else {}
+    return Scores(
+        {n: s.sqrt() for n, s in heads.items()}, {n: s.sqrt() for n, s in neurons.items()}, False, channels=by_channel
+    )
 
 
 @torch.no_grad()
@@ -191,15 +217,16 @@ def movement_step(model: nn.Module) -> tuple[dict, dict]:
 
 @register_criterion("activation")
 @torch.no_grad()
-def activation(model: nn.Module, batches: list) -> Scores:
+def activation(model: nn.Module, batches: list, channels: bool = False) -> Scores:
     device = _device(model)
     sums: dict[tuple[str, str], torch.Tensor] = {}
     seen: dict[tuple[str, str], int] = {}
     current = {"batch": None}
 
     def observe(kind: str, name: str, values: torch.Tensor) -> None:
-        # values: (..., units) for neurons, (..., heads, head_dim) for heads; averaged over real tokens only.
-        magnitude = values.abs() if kind == "neurons" else values.norm(dim=-1)
+        # values: (..., units) for neurons and channels, (..., heads, head_dim) for heads; averaged over real
+        # tokens only.
+        magnitude = values.norm(dim=-1) if kind == "heads" else values.abs()
         mask = real_positions(current["batch"], magnitude.shape) if magnitude.dim() > 2 else None
         if mask is not None:
             magnitude = magnitude * mask[..., None].to(magnitude.dtype)
@@ -210,46 +237,52 @@ def activation(model: nn.Module, batches: list) -> Scores:
         seen[(kind, name)] = seen.get((kind, name), 0) + (int(mask.sum()) if mask is not None else len(
             magnitude.flatten(0, -2)))
 
-    with SoftMasks(model, observer=observe):
+    with SoftMasks(model, observer=observe, channels=channels):
         for batch in _progress(batches, "activation scores"):
             batch = _to(batch, device)
             current["batch"] = batch
             model(**{k: v for k, v in batch.items() if k != "labels"})
-    heads = {n: s / max(seen[(kind, n)], 1) for (kind, n), s in sums.items() if kind == "heads"}
-    neurons = {n: s / max(seen[(kind, n)], 1) for (kind, n), s in sums.items() if kind == "neurons"}
-    return Scores(heads, neurons, comparable=False)
+    def mean(kind):
+        return {n: s / max(seen[(k, n)], 1) for (k, n), s in sums.items() if k == kind}
+
+    return Scores(mean("heads"), mean("neurons"), comparable=False, channels=mean("channels"))
 
 
-def _gate_gradients(model: nn.Module, batches: list, description: str):
-    """Per-batch gradients of the task loss with respect to every head and neuron gate."""
+def _gate_gradients(model: nn.Module, batches: list, description: str, channels: bool = False):
+    """Per-batch gradients of the task loss with respect to every head, neuron and channel gate."""
     device = _device(model)
     was_training = model.training
     model.eval()  # dropout off: the scores describe the model as it will be used
     head_grads: dict[str, list] = {}
     neuron_grads: dict[str, list] = {}
+    channel_grads: dict[str, list] = {}
     requires = {p: p.requires_grad for p in model.parameters()}
     try:
         for p in model.parameters():
             p.requires_grad_(False)  # only the gates need gradients: cheaper, and weights stay untouched
-        with SoftMasks(model, requires_grad=True) as masks:
+        with SoftMasks(model, requires_grad=True, channels=channels) as masks:
             for batch in _progress(batches, description):
                 loss = task_loss(model, _to(batch, device))
-                gates = [*masks.heads.values(), *masks.neurons.values()]
-                grads = torch.autograd.grad(loss, gates, allow_unused=True)
-                for (name, gate), grad in zip([*masks.heads.items(), *masks.neurons.items()], grads, strict=True):
-                    table = head_grads if name in masks.heads else neuron_grads
+                named = [
+                    (table, name, gate)
+                    for table, gates in ((head_grads, masks.heads), (neuron_grads, masks.neurons),
+                                         (channel_grads, masks.channels))
+                    for name, gate in gates.items()
+                ]
+                grads = torch.autograd.grad(loss, [gate for _, _, gate in named], allow_unused=True)
+                for (table, name, gate), grad in zip(named, grads, strict=True):
                     table.setdefault(name, []).append(torch.zeros_like(gate) if grad is None else grad.detach())
     finally:
         for p, flag in requires.items():
             p.requires_grad_(flag)
         model.train(was_training)
     stack = lambda table: {n: torch.stack(g).float() for n, g in table.items()}  # noqa: E731
-    return stack(head_grads), stack(neuron_grads)
+    return stack(head_grads), stack(neuron_grads), stack(channel_grads)
 
 
 @register_criterion("taylor")
-def taylor(model: nn.Module, batches: list) -> Scores:
-    heads, neurons = _gate_gradients(model, batches, "taylor scores")
+def taylor(model: nn.Module, batches: list, channels: bool = False) -> Scores:
+    heads, neurons, channels = _gate_gradients(model, batches, "taylor scores", channels)
     # First-order |dL/dgate| ranks units within a kind, but is no loss estimate: a head's and a neuron's
     # values are not on one scale (a budget split on them keeps heads and drops whole FFNs). Not comparable.
     return Scores(
@@ -258,18 +291,22 @@ def taylor(model: nn.Module, batches: list) -> Scores:
         comparable=False,
         head_grads=heads,
         neuron_grads=neurons,
+        channels={n: g.abs().mean(0) for n, g in channels.items()},
+        channel_grads=channels,
     )
 
 
 @register_criterion("fisher")
-def fisher(model: nn.Module, batches: list) -> Scores:
-    heads, neurons = _gate_gradients(model, batches, "fisher scores")
+def fisher(model: nn.Module, batches: list, channels: bool = False) -> Scores:
+    heads, neurons, channels = _gate_gradients(model, batches, "fisher scores", channels)
     return Scores(
         {n: g.pow(2).sum(0) for n, g in heads.items()},
         {n: g.pow(2).sum(0) for n, g in neurons.items()},
         comparable=True,
         head_grads=heads,
         neuron_grads=neurons,
+        channels={n: g.pow(2).sum(0) for n, g in channels.items()},
+        channel_grads=channels,
     )
 
 

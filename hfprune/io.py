@@ -22,10 +22,10 @@ from accelerate import init_empty_weights
 from safetensors import safe_open
 
 from . import __version__
-from .arch import AttentionSite, find_stacks, prepared_adapter, resolve_sites
+from .arch import AttentionSite, ConvSite, find_stacks, prepared_adapter, resolve_conv_sites, resolve_sites
 from .errors import CheckpointError
 from .record import PruningRecord, ensure_record, get_record
-from .surgery import remove_heads, remove_layers, remove_neurons
+from .surgery import remove_channels, remove_heads, remove_layers, remove_neurons
 
 PRUNING_CONFIG = "pruning_config.json"
 FORMAT_VERSION = 1
@@ -39,8 +39,12 @@ def pruning_config(model: nn.Module) -> dict:
     """The content of pruning_config.json for `model`: every site's size, and original indices where known."""
     record = get_record(model) or PruningRecord()
     sites = {}
-    for name, site in resolve_sites(model).items():
-        if isinstance(site, AttentionSite):
+    transformer = resolve_sites(model)
+    for name, site in {**resolve_conv_sites(model), **transformer}.items():
+        if isinstance(site, ConvSite):
+            entry = {"num_channels": site.num_channels}
+            tables = (("channels", record.channels, site.num_channels),)
+        elif isinstance(site, AttentionSite):
             entry = {"num_heads": site.num_heads, "num_kv_heads": site.num_kv_heads}
             tables = (("heads", record.heads, site.num_heads), ("kv_heads", record.kv_heads, site.num_kv_heads))
         else:
@@ -184,27 +188,36 @@ def _reshape(model: nn.Module, spec: dict, source: Path) -> None:
                 f"{source}: layers.{stack.spec.name}.num_layers is {wanted} but config.json builds {len(stack.layers)}"
             )
         remove_layers(model, [f"{stack.spec.name}.{i}" for i in range(wanted, len(stack.layers))])
-    all_sites = resolve_sites(model)
+    all_sites = {**resolve_sites(model), **resolve_conv_sites(model)}
     unknown = sorted(set(spec["sites"]) - set(all_sites))
     if unknown:
         raise CheckpointError(
             f"{source}: sites {unknown} do not exist in a {model.config.model_type} model built from config.json"
         )
-    heads, neurons = {}, {}
+    heads, neurons, channels = {}, {}, {}
     for name, entry in spec["sites"].items():
         site = all_sites[name]
         if isinstance(site, AttentionSite):
             heads[name] = _heads_to_remove(site, entry, source)
+        elif isinstance(site, ConvSite):
+            # config.json's conv_dim already builds pruned channel counts; this only checks they agree.
+            channels[name] = _trailing(source, name, "channels", entry, site.num_channels, minimum=1)
         else:
-            wanted = entry.get("num_neurons", site.num_neurons)
-            if wanted > site.num_neurons:
-                raise CheckpointError(
-                    f"{source}: sites.{name}.num_neurons is {wanted}, "
-                    f"more than the {site.num_neurons} that config.json builds"
-                )
-            neurons[name] = range(wanted, site.num_neurons)
+            neurons[name] = _trailing(source, name, "neurons", entry, site.num_neurons, minimum=0)
     remove_heads(model, heads)
     remove_neurons(model, neurons)
+    remove_channels(model, channels)
+
+
+def _trailing(source: Path, name: str, unit: str, entry: dict, built: int, minimum: int) -> range:
+    """The units beyond the recorded count: which ones go does not matter, the weights carry the values."""
+    wanted = entry.get(f"num_{unit}", built)
+    if wanted > built or wanted < minimum:
+        raise CheckpointError(
+            f"{source}: sites.{name}.num_{unit} is {wanted}, but config.json builds {built} and at least "
+            f"{minimum} must stay"
+        )
+    return range(wanted, built)
 
 
 def _heads_to_remove(site: AttentionSite, entry: dict, source: Path) -> list[int]:
@@ -323,6 +336,7 @@ def from_pretrained(
         record.heads = {n: e["heads"] for n, e in spec["sites"].items() if "heads" in e}
         record.kv_heads = {n: e["kv_heads"] for n, e in spec["sites"].items() if "kv_heads" in e}
         record.neurons = {n: e["neurons"] for n, e in spec["sites"].items() if "neurons" in e}
+        record.channels = {n: e["channels"] for n, e in spec["sites"].items() if "channels" in e}
         record.layers = {n: e["kept"] for n, e in spec["layers"].items() if "kept" in e}
         record.dense = {
             n: {k[len("num_dense_"):]: v for k, v in e.items() if k.startswith("num_dense_")}

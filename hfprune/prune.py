@@ -1,6 +1,7 @@
 """`hfprune.prune`: one-shot, post-training pruning to a budget, without retraining.
 
-Scores every head and neuron on calibration data, searches the kept set under the budget, optionally
+Scores every head and neuron (and conv channel, with `structures: [..., channels]`) on calibration data,
+searches the kept set under the budget, optionally
 rearranges and tunes the masks (Kwon et al. 2022), then shrinks the model in place and reports. With
 `structures: [..., weights]` the weights left after shrinking are then sparsified (`sparsity.py`).
 """
@@ -24,7 +25,7 @@ from .report import PruningReport
 from .search import search
 from .seq2seq import with_decoder_inputs
 from .sparsity import WEIGHT_CRITERIA, check_widths, sparsify, weight_targets
-from .surgery import remove_heads, remove_layers, remove_neurons
+from .surgery import remove_channels, remove_heads, remove_layers, remove_neurons
 
 QUALITY_SAMPLES = 128
 
@@ -98,7 +99,8 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
     seq_len, encoder_len = mean_lengths(model, batches) if batches else (recipe.seq_len or 128, None)
     seq_len = recipe.seq_len or seq_len
     encoder_len = recipe.encoder_seq_len or encoder_len
-    before = count(model, seq_len=seq_len, encoder_seq_len=encoder_len)
+    conv = "channels" in structured  # the conv feature encoder is in the budget only when it can shrink
+    before = count(model, seq_len=seq_len, encoder_seq_len=encoder_len, conv=conv)
     report = PruningReport(recipe=recipe, before=before, num_samples=sum(_batch_size(b) for b in batches))
     was_training = model.training
     model.eval()
@@ -114,7 +116,7 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
             report.weight_sizes = {t.name: t.module.weight.numel() for t in weight_targets(model)}
     finally:
         model.train(was_training)
-    report.after = count(model, seq_len=seq_len, encoder_seq_len=encoder_len)
+    report.after = count(model, seq_len=seq_len, encoder_seq_len=encoder_len, conv=conv)
     record = ensure_record(model)
     record.recipe, record.report = recipe.to_dict(), report.summary()
     return report
@@ -135,7 +137,7 @@ def _check_weight_pattern(model, recipe: Recipe, weights) -> None:
 
 def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningReport) -> None:
     with report.phase("scoring"):
-        scores = compute_scores(model, recipe.criterion, batches)
+        scores = compute_scores(model, recipe.criterion, batches, channels="channels" in recipe.structures)
     with report.phase("search"):
         plan = search(before, scores, recipe)
     # What each refinement step contributes is measured on a slice of the calibration data: enough to compare.
@@ -147,7 +149,7 @@ def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningRe
         with report.phase("rearrangement"):
             plan = rearrange(plan, scores, before)
         report.quality["rearrangement"] = agreement(model, plan, probe, dense)
-    with SoftMasks(model) as masks:
+    with SoftMasks(model, channels=bool(plan.channels)) as masks:
         plan.apply(masks)
         if recipe.reconstruct:
             with report.phase("weight reconstruction"):
@@ -160,9 +162,11 @@ def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningRe
         with report.phase("surgery"):
             fold_gates(model, masks)
             heads, neurons = plan.removals(before)
+            channels = plan.channel_removals(before)
     with report.phase("surgery"):
         remove_heads(model, heads)
         remove_neurons(model, neurons)
+        remove_channels(model, channels)
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from .errors import HfpruneError
 
 TARGET_FRACTIONS = ("flops", "params")
 TARGET_COUNTS = ("heads", "neurons")
-STRUCTURES = ("heads", "neurons", "layers", "weights")
+STRUCTURES = ("heads", "neurons", "channels", "layers", "weights")
 
 
 class RecipeError(HfpruneError, ValueError):
@@ -41,12 +41,15 @@ class Recipe:
 
     target: dict = _help(
         "Budget. One fraction to keep, of the prunable FLOPs (`flops`, attention + FFN at the calibration data's "
-        "mean length; for encoder-decoders, encoder + decoder per utterance) or of all parameters (`params`), "
-        "in (0, 1]; or absolute kept counts `heads` and/or `neurons` over the whole model.",
+        "mean length; for encoder-decoders, encoder + decoder per utterance; plus the conv feature encoder and "
+        "feature projection when `channels` are pruned) or of all parameters (`params`), in (0, 1]; or absolute "
+        "kept counts `heads` and/or `neurons` over the whole model.",
         default_factory=lambda: {"flops": 0.6},
     )
     structures: list = _help(
-        "What may be removed: any of heads, neurons, layers, weights. `layers` removes whole layers by block "
+        "What may be removed: any of heads, neurons, channels, layers, weights. `channels` are the output channels "
+        "of a speech model's conv feature encoder (wav2vec2, HuBERT, WavLM; DPHuBERT). `layers` removes whole "
+        "layers by block "
         "importance (ShortGPT); with heads/neurons it is not supported yet. `weights` sets single weights to zero "
         "(see `weights`), after any structure was removed; `target` and `criterion` do not apply to it.",
         default_factory=lambda: ["heads", "neurons"],
@@ -68,6 +71,10 @@ class Recipe:
     min_heads: int = _help("Each attention site keeps at least this many heads (0 allows removing a block).", 0)
     min_neurons: int = _help("Each FFN keeps at least this many neurons.", 0)
     round_neurons: int = _help("Kept FFN widths are rounded to a multiple of this (fast matmuls); 1 = none.", 8)
+    min_channels: int = _help(
+        "Each conv layer keeps at least this many output channels (>= 1: a conv layer cannot lose them all).", 8
+    )
+    round_channels: int = _help("Kept conv widths are rounded to a multiple of this (fast convs); 1 = none.", 8)
     gqa: str = _help(
         "For GQA attention: `heads` removes the same number of query heads from every KV group; `groups` "
         "removes whole KV groups.",
@@ -136,8 +143,8 @@ class Recipe:
         bad = [s for s in self.structures if s not in STRUCTURES]
         if bad or not self.structures:
             raise RecipeError(f"structures must be a non-empty list of {STRUCTURES}; got {self.structures}")
-        if "layers" in self.structures and ("heads" in self.structures or "neurons" in self.structures):
-            raise RecipeError("structures: `layers` cannot be combined with heads/neurons yet; use it alone")
+        if "layers" in self.structures and {"heads", "neurons", "channels"} & set(self.structures):
+            raise RecipeError("structures: `layers` cannot be combined with heads/neurons/channels yet; use it alone")
         self._check_weights()
         from .importance import CRITERIA
 
@@ -145,9 +152,10 @@ class Recipe:
             raise RecipeError(f"criterion {self.criterion!r} is unknown; available: {', '.join(sorted(CRITERIA))}")
         if self.gqa not in ("heads", "groups"):
             raise RecipeError(f"gqa must be 'heads' or 'groups', got {self.gqa!r}")
-        for name in ("num_samples", "round_neurons"):
+        for name in ("num_samples", "round_neurons", "round_channels", "min_channels"):
             if getattr(self, name) < 1:
-                raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}")
+                why = "; a conv layer with no channels would cut the model in two" if name == "min_channels" else ""
+                raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}{why}")
         for name in ("min_heads", "min_neurons"):
             if getattr(self, name) < 0:
                 raise RecipeError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -23,8 +23,10 @@ class PruningRecord:
         heads: site name -> kept original query-head indices.
         kv_heads: site name -> kept original KV-head indices.
         neurons: site name -> kept original FFN neuron indices.
-        dense: site name -> {"heads" | "kv_heads" | "neurons": size before the first surgery}, so reports can say
-            "6 of 12" for a model pruned by surgery or during training, without its dense original at hand.
+        channels: conv site name -> kept original output-channel indices.
+        dense: site name -> {"heads" | "kv_heads" | "neurons" | "channels": size before the first surgery}, so
+            reports can say "6 of 12" for a model pruned by surgery or during training, without its dense original
+            at hand.
         recipe: the recipe that produced the model, when there was one (written to pruning_config.json).
         report: a summary of the pruning report, when there was one.
     """
@@ -33,6 +35,7 @@ class PruningRecord:
     heads: dict[str, list[int]] = field(default_factory=dict)
     kv_heads: dict[str, list[int]] = field(default_factory=dict)
     neurons: dict[str, list[int]] = field(default_factory=dict)
+    channels: dict[str, list[int]] = field(default_factory=dict)
     dense: dict[str, dict[str, int]] = field(default_factory=dict)
     recipe: dict | None = None
     report: dict | None = None

@@ -57,7 +57,9 @@ def _best_removed_set(grads: torch.Tensor, kept: list[int]) -> list[int]:
 def rearrange(plan, scores: Scores, counts):
     """Rearrange each site's kept set (same size) using the per-batch gradients of a gradient criterion.
     GQA sites, whose units are tied across groups, keep the search's choice."""
-    for table, grads in ((plan.heads, scores.head_grads), (plan.neurons, scores.neuron_grads)):
+    tables = ((plan.heads, scores.head_grads), (plan.neurons, scores.neuron_grads),
+              (plan.channels, scores.channel_grads))
+    for table, grads in tables:
         for name, kept in table.items():
             grad = grads.get(name)
             if grad is None or not 0 < len(kept) < grad.shape[1] or grad.shape[0] < 2:
@@ -120,8 +122,9 @@ def _capture_residual(site, sink: dict, batch_of: dict):
 def _teacher_targets(model: nn.Module, masks: SoftMasks, sites: dict, batches: list) -> dict[str, list[torch.Tensor]]:
     """For every gated site and batch, the dense model's residual + block output (real tokens only): what the
     pruned block, fed the pruned model's own residual stream, should reproduce."""
-    saved = {n: g.clone() for n, g in [*masks.heads.items(), *masks.neurons.items()]}
-    for gate in [*masks.heads.values(), *masks.neurons.values()]:
+    every = [*masks.heads.items(), *masks.neurons.items(), *masks.channels.items()]  # dense: channels too
+    saved = {n: g.clone() for n, g in every}
+    for _, gate in every:
         gate.fill_(1.0)
     targets: dict[str, list[torch.Tensor]] = {name: [] for name in sites}
     current: dict = {}
@@ -141,7 +144,7 @@ def _teacher_targets(model: nn.Module, masks: SoftMasks, sites: dict, batches: l
     finally:
         for handle in handles:
             handle.remove()
-        for name, gate in [*masks.heads.items(), *masks.neurons.items()]:
+        for name, gate in every:
             gate.copy_(saved[name])
     return targets
 
@@ -326,7 +329,7 @@ def agreement(model: nn.Module, plan_or_masks, batches: list, reference: list) -
     if isinstance(plan_or_masks, SoftMasks):
         pruned = model_outputs(model, batches)
     else:
-        with SoftMasks(model) as masks:
+        with SoftMasks(model, channels=bool(plan_or_masks.channels)) as masks:
             plan_or_masks.apply(masks)
             pruned = model_outputs(model, batches)
     agree = positions = 0

@@ -6,6 +6,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from .arch import STRUCTURE_OF_KIND
 from .flops import ModelCount
 
 
@@ -53,7 +54,7 @@ class PruningReport:
         return self.after.params / self.before.params
 
     def kept_per_site(self) -> dict[str, tuple[int, int]]:
-        """site -> (units before, units after); units are heads or neurons."""
+        """site -> (units before, units after); units are heads, neurons or conv channels."""
         return {
             name: (site.units, self.after.sites[name].units if name in self.after.sites else 0)
             for name, site in self.before.sites.items()
@@ -99,17 +100,18 @@ class PruningReport:
         weights_only = structures == ["weights"]
         criterion = getattr(self.recipe, "criterion", "?")
         heading = f"{criterion} on {self.num_samples} samples, target {getattr(self.recipe, 'target', '?')}"
+        conv = any(site.kind == "conv" for site in self.before.sites.values())
         lines = [
             f"hfprune: {'weight sparsity' if weights_only else heading}",
             f"{'':<12}{'before':>16}{'after':>16}{'kept':>8}",
             f"{'params':<12}{self.before.params:>16,}{self.after.params:>16,}{self.params_kept:>8.1%}",
             f"{'GFLOPs':<12}{self.before.flops / 1e9:>16.4g}{self.after.flops / 1e9:>16.4g}{self.flops_kept:>8.1%}"
-            f"   (attention + FFN, {self.before.lengths})",
+            f"   ({'conv + ' if conv else ''}attention + FFN, {self.before.lengths})",
         ]
         if not weights_only:
             lines += ["", f"{'site':<28}{'kept':>14}"]
             for name, (before, after) in self.kept_per_site().items():
-                unit = "neurons" if name.endswith("ffn") else "heads"
+                unit = STRUCTURE_OF_KIND[self.before.sites[name].kind]
                 lines.append(f"{name:<28}{after:>6} / {before:<6} {unit}")
         if self.weight_sparsity:
             lines += self._weight_lines()

@@ -1,13 +1,16 @@
-"""Choosing what to keep under a budget: heads and neurons allocated globally across layers.
+"""Choosing what to keep under a budget: heads, neurons and conv channels allocated globally across layers.
 
 The search follows Kwon et al. 2022 ("A Fast Post-Training Pruning Framework for Transformers", Alg. 1),
 generalised to per-site costs (GQA, encoder/decoder lengths, cross-attention): for every number h of the most
 important head units, spend what is left of the budget on the most important neurons, and keep the (h, n)
 with the largest total importance. That needs head and neuron scores on one scale (Fisher, Taylor); for
 criteria without one (magnitude, activation) each kind gets the share of the budget it has in the dense model.
+Conv channels (speech feature encoders) join the neurons' side of that search: their costs differ from layer
+to layer, so neurons and channels together are taken by importance per unit of cost (greedy knapsack; with
+neurons alone, whose costs are equal, that is Kwon et al.'s order).
 
 A *unit* is what can go at once: a head (multi-head attention), one query head from every KV group or a
-whole KV group (GQA, per the recipe), or a neuron.
+whole KV group (GQA, per the recipe), a neuron, or a conv channel.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .arch import STRUCTURE_OF_KIND
 from .flops import ModelCount, SiteCount
 from .importance import Scores
 from .recipe import Recipe, RecipeError
@@ -23,14 +27,21 @@ from .recipe import Recipe, RecipeError
 
 @dataclass
 class Plan:
-    """What stays: kept (current) head and neuron indices per site. Sites not listed keep everything."""
+    """What stays: kept (current) head, neuron and conv-channel indices per site. Sites not listed keep
+    everything."""
 
     heads: dict[str, list[int]] = field(default_factory=dict)
     neurons: dict[str, list[int]] = field(default_factory=dict)
+    channels: dict[str, list[int]] = field(default_factory=dict)
+
+    def tables(self) -> dict[str, dict[str, list[int]]]:
+        """Structure name (`heads`, `neurons`, `channels`) -> its table."""
+        return {"heads": self.heads, "neurons": self.neurons, "channels": self.channels}
 
     def apply(self, masks) -> None:
-        """Set `masks` (a `SoftMasks`) to this plan: 1 for kept units, 0 for the rest of each planned site."""
-        for table, gates in ((self.heads, masks.heads), (self.neurons, masks.neurons)):
+        """Set `masks` (a `SoftMasks`, with channel gates when the plan has channels) to this plan: 1 for kept
+        units, 0 for the rest of each planned site."""
+        for table, gates in ((self.heads, masks.heads), (self.neurons, masks.neurons), (self.channels, masks.channels)):
             for name, kept in table.items():
                 gates[name].zero_()
                 gates[name][kept] = 1.0
@@ -40,6 +51,10 @@ class Plan:
         heads = {n: sorted(set(range(counts.sites[n].units)) - set(k)) for n, k in self.heads.items()}
         neurons = {n: sorted(set(range(counts.sites[n].units)) - set(k)) for n, k in self.neurons.items()}
         return heads, neurons
+
+    def channel_removals(self, counts: ModelCount) -> dict[str, list[int]]:
+        """The conv channels to remove, as `remove_channels` takes them."""
+        return {n: sorted(set(range(counts.sites[n].units)) - set(k)) for n, k in self.channels.items()}
 
 
 @dataclass
@@ -109,50 +124,61 @@ def _best_split(heads: list[_Unit], neurons: list[_Unit], budget: float) -> tupl
 
 
 def search(counts: ModelCount, scores: Scores, recipe: Recipe) -> Plan:
-    """Choose the heads and neurons to keep so the model fits `recipe.target`.
+    """Choose the heads, neurons and conv channels to keep so the model fits `recipe.target`.
 
     Args:
-        counts: `hfprune.count` of the model to prune, at the budget's sequence length.
-        scores: importance of every head and neuron (`hfprune.importance.compute_scores`).
+        counts: `hfprune.count` of the model to prune, at the budget's sequence length (with `conv=True` when
+            channels are pruned, so the budget covers the conv feature encoder).
+        scores: importance of every head, neuron and (for `channels`) conv channel
+            (`hfprune.importance.compute_scores`).
         recipe: budget, structures, minimums, rounding and GQA mode.
 
     Returns:
         `Plan` with the kept indices of every pruned site.
 
     Raises:
-        RecipeError: when the budget cannot be met (the minimums and what is not pruned already exceed it).
+        RecipeError: when the budget cannot be met (the minimums and what is not pruned already exceed it; a
+            conv layer always keeps `min_channels` >= 1 channels, so a budget that would empty one fails here).
     """
     metric = next(k for k in ("flops", "params", "heads", "neurons") if k in recipe.target)
     eligible = {
         name
         for name, site in counts.sites.items()
         if site.units > 0
-        and ("neurons" if site.kind == "ffn" else "heads") in recipe.structures
+        and STRUCTURE_OF_KIND[site.kind] in recipe.structures
         and (recipe.sites is None or any(name.startswith(prefix) for prefix in recipe.sites))
     }
+    minimums = {"neurons": recipe.min_neurons, "channels": recipe.min_channels}
+    unit_scores = {"neurons": scores.neurons, "channels": scores.channels}
     forced: dict[str, list[_Unit]] = {}
-    candidates = {"heads": [], "neurons": []}
+    candidates = {"heads": [], "neurons": [], "channels": []}
     for name in sorted(eligible, key=list(counts.sites).index):
         site = counts.sites[name]
-        if site.kind == "ffn":
-            per_neuron, _ = _cost_of(site, metric)
-            order = scores.neurons[name].argsort(descending=True).tolist()
-            units = [_Unit(name, [i], float(scores.neurons[name][i]), per_neuron) for i in order]
-            keep_at_least = min(recipe.min_neurons, site.units)
-            kind = "neurons"
-        else:
+        kind = STRUCTURE_OF_KIND[site.kind]
+        if kind == "heads":
             units = _head_units(site, scores.heads[name], metric, recipe.gqa)
             per_unit = len(units[0].members)
             keep_at_least = min(-(-recipe.min_heads // per_unit), len(units))
-            kind = "heads"
+        else:
+            if name not in unit_scores[kind]:
+                raise RecipeError(f"the criterion's scores have no {kind} for {name}; cannot prune its {kind}")
+            per_unit, _ = _cost_of(site, metric)
+            score = unit_scores[kind][name]
+            units = [_Unit(name, [i], float(score[i]), per_unit) for i in score.argsort(descending=True).tolist()]
+            keep_at_least = min(minimums[kind], site.units)
         forced[name] = units[:keep_at_least]
         candidates[kind].extend(units[keep_at_least:])
     candidates = {k: sorted(v, key=lambda u: -u.score) for k, v in candidates.items()}
 
     budgets = _budgets(counts, recipe, metric, forced, candidates)
-    if "shared" in budgets and scores.comparable and candidates["heads"] and candidates["neurons"]:
-        h, n = _best_split(candidates["heads"], candidates["neurons"], budgets["shared"])
-        chosen = {"heads": candidates["heads"][:h], "neurons": candidates["neurons"][:n]}
+    # Neurons and channels share the non-head side of the split; with channels their costs differ, so they are
+    # taken by importance per cost.
+    rest = candidates["neurons"]
+    if candidates["channels"]:
+        rest = sorted(rest + candidates["channels"], key=lambda u: -u.score / max(u.cost, 1e-30))
+    if "shared" in budgets and scores.comparable and candidates["heads"] and rest:
+        h, n = _best_split(candidates["heads"], rest, budgets["shared"])
+        chosen = {"heads": candidates["heads"][:h], "rest": rest[:n]}
     else:
         chosen = {k: candidates[k][: _take(candidates[k], budgets[k])] for k in candidates}
 
@@ -160,9 +186,13 @@ def search(counts: ModelCount, scores: Scores, recipe: Recipe) -> Plan:
     for name in eligible:
         kept_units = forced[name] + [u for k in chosen for u in chosen[k] if u.site == name]
         members = sorted(m for u in kept_units for m in u.members)
-        (plan.neurons if counts.sites[name].kind == "ffn" else plan.heads)[name] = members
-    if recipe.round_neurons > 1 and "neurons" in recipe.structures:
-        _round_neurons(plan, counts, scores, recipe, metric)
+        plan.tables()[STRUCTURE_OF_KIND[counts.sites[name].kind]][name] = members
+    for kind, step, minimum in (
+        ("neurons", recipe.round_neurons, recipe.min_neurons),
+        ("channels", recipe.round_channels, recipe.min_channels),
+    ):
+        if step > 1 and kind in recipe.structures:
+            _round(plan, kind, unit_scores[kind], step, minimum, counts, recipe, metric)
     return plan
 
 
@@ -171,11 +201,11 @@ def _budgets(counts, recipe, metric, forced, candidates) -> dict[str, float]:
     forced_cost = sum(u.cost for units in forced.values() for u in units)
     if metric in ("heads", "neurons"):
         budgets = {}
-        for kind in ("heads", "neurons"):
+        for kind in candidates:
             wanted = recipe.target.get(kind)
             forced_kind = sum(
                 len(u.members) for n, units in forced.items() for u in units
-                if (counts.sites[n].kind == "ffn") == (kind == "neurons")
+                if STRUCTURE_OF_KIND[counts.sites[n].kind] == kind
             )
             if wanted is None:
                 budgets[kind] = float("inf")
@@ -188,9 +218,11 @@ def _budgets(counts, recipe, metric, forced, candidates) -> dict[str, float]:
     fixed = total - sum(u.cost for units in candidates.values() for u in units)
     budget = recipe.target[metric] * total
     if budget < fixed - 1e-6 * total:
+        channels = any(STRUCTURE_OF_KIND[counts.sites[n].kind] == "channels" for n in forced)
         raise RecipeError(
             f"target.{metric}={recipe.target[metric]} cannot be met: what is not pruned"
             f"{' and the minimums' if forced_cost else ''} already takes {fixed / total:.1%} of the {metric}"
+            + (f" (every conv layer keeps at least min_channels={recipe.min_channels} channels)" if channels else "")
         )
     shared = budget - fixed
     totals = {k: sum(u.cost for u in v) for k, v in candidates.items()}
@@ -199,31 +231,33 @@ def _budgets(counts, recipe, metric, forced, candidates) -> dict[str, float]:
     return {"shared": shared, **{k: shared * totals[k] / spread for k in candidates}}
 
 
-def _round_neurons(plan: Plan, counts: ModelCount, scores: Scores, recipe: Recipe, metric: str) -> None:
-    """Round each FFN's kept width to a multiple of `round_neurons`, then give back blocks while over budget."""
-    step = recipe.round_neurons
-    for name, kept in plan.neurons.items():
+def _round(plan: Plan, kind: str, scores: dict, step: int, minimum: int, counts: ModelCount, recipe: Recipe,
+           metric: str) -> None:
+    """Round each site's kept width of `kind` (neurons, channels) to a multiple of `step`, never below `minimum`,
+    then give back blocks of `step` while over budget."""
+    table = plan.tables()[kind]
+    for name, kept in table.items():
         total = counts.sites[name].units
-        order = scores.neurons[name].argsort(descending=True).tolist()
-        width = min(total, max(round(len(kept) / step) * step, -(-recipe.min_neurons // step) * step))
-        plan.neurons[name] = sorted(order[:width])
+        order = scores[name].argsort(descending=True).tolist()
+        width = min(total, max(round(len(kept) / step) * step, -(-minimum // step) * step))
+        table[name] = sorted(order[:width])
     if metric in ("heads", "neurons"):
-        limit = recipe.target.get("neurons")
-        spend = lambda: sum(len(k) for k in plan.neurons.values())  # noqa: E731
+        limit = recipe.target.get(kind)
+        spend = lambda: sum(len(k) for k in table.values())  # noqa: E731
     else:
         limit = recipe.target[metric] * (counts.flops if metric == "flops" else counts.params)
         spend = lambda: planned_cost(plan, counts, metric)  # noqa: E731
     while limit is not None and spend() > limit + 1e-9:
-        # Drop the block of `step` least important kept neurons from the FFN where that block matters least.
+        # Drop the block of `step` least important kept units from the site where that block matters least.
         options = []
-        for name, kept in plan.neurons.items():
-            if len(kept) - step >= recipe.min_neurons and len(kept) >= step:
-                ranked = sorted(kept, key=lambda i: float(scores.neurons[name][i]))
-                options.append((float(scores.neurons[name][ranked[:step]].sum()), name, ranked[:step]))
+        for name, kept in table.items():
+            if len(kept) - step >= max(minimum, 1 if kind == "channels" else 0) and len(kept) >= step:
+                ranked = sorted(kept, key=lambda i: float(scores[name][i]))
+                options.append((float(scores[name][ranked[:step]].sum()), name, ranked[:step]))
         if not options:
-            raise RecipeError(f"target {recipe.target} cannot be met with FFN widths rounded to {step}")
+            raise RecipeError(f"target {recipe.target} cannot be met with {kind} widths rounded to {step}")
         _, name, block = min(options)
-        plan.neurons[name] = sorted(set(plan.neurons[name]) - set(block))
+        table[name] = sorted(set(table[name]) - set(block))
 
 
 def planned_cost(plan: Plan, counts: ModelCount, metric: str) -> float:
@@ -233,6 +267,8 @@ def planned_cost(plan: Plan, counts: ModelCount, metric: str) -> float:
         per_unit, per_kv = _cost_of(site, metric)
         if name in plan.neurons:
             total -= (site.units - len(plan.neurons[name])) * per_unit
+        if name in plan.channels:
+            total -= (site.units - len(plan.channels[name])) * per_unit
         if name in plan.heads:
             kept = plan.heads[name]
             group = site.units // site.kv_units

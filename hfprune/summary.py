@@ -14,11 +14,17 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from .arch import STRUCTURE_OF_KIND
 from .flops import ModelCount, count
 from .io import loads_without_hfprune
 from .record import PruningRecord, get_record
 
-_TITLES = {"attention": "attention heads", "cross_attention": "cross-attention heads", "ffn": "FFN neurons"}
+_TITLES = {
+    "conv": "conv channels",
+    "attention": "attention heads",
+    "cross_attention": "cross-attention heads",
+    "ffn": "FFN neurons",
+}
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _CACHED_SNAPSHOT = re.compile(r"models--([\w.-]+)--([\w.-]+)[/\\]snapshots[/\\]")
 
@@ -53,7 +59,7 @@ class PruningSummary:
         (params_before, params_after), (flops_before, flops_after) = self.params, self.flops
         rows = [
             ("parameters", params_before, params_after),
-            (f"GFLOPs (attention + FFN, {self.seq_len} tokens)",
+            (f"GFLOPs ({'conv + ' if 'conv' in self.kinds.values() else ''}attention + FFN, {self.seq_len} tokens)",
              None if flops_before is None else flops_before / 1e9, flops_after / 1e9),
         ]
         before, after = self.metrics.get("before", {}), self.metrics.get("after", {})
@@ -109,13 +115,16 @@ def _from_record(after: ModelCount, record: PruningRecord) -> tuple[dict[str, in
     units: dict[str, int | None] = {}
     params, flops, exact = after.params, after.flops, not record.layers
     for name, site in after.sites.items():
-        table = "neurons" if site.kind == "ffn" else "heads"
+        table = STRUCTURE_OF_KIND[site.kind]
         known = record.dense.get(name, {})
         touched = name in getattr(record, table) or name in record.kv_heads
         units[name] = known.get(table, None if touched else site.units)
         kv_units = known.get("kv_heads", None if name in record.kv_heads else site.kv_units)
         if units[name] is None or kv_units is None or (site.units == 0 and units[name]):
             exact = False
+            continue
+        if site.kind == "conv" and units[name] != site.units:
+            exact = False  # a removed channel also narrowed the next conv's inputs: not a per-unit sum
             continue
         params += (units[name] - site.units) * site.params_per_unit
         params += (kv_units - site.kv_units) * site.params_per_kv_unit
@@ -155,11 +164,16 @@ def summarize(
     digest = (report.summary() if report is not None else record.report) or {}
     seq_len = seq_len or digest.get("seq_len") or 128
     encoder_seq_len = digest.get("encoder_seq_len")  # encoder-decoders: the encoder's length of the run
-    after = count(model, seq_len=seq_len, encoder_seq_len=encoder_seq_len)
+    # Models pruned with `channels` count their conv feature encoder, as their budget did, even if no channel went.
+    structures = (getattr(report, "recipe", None) and report.recipe.structures) or (record.recipe or {}).get(
+        "structures", []
+    )
+    conv = bool(record.channels) or "channels" in structures or any(n.endswith(".conv") for n in digest.get("kept", {}))
+    after = count(model, seq_len=seq_len, encoder_seq_len=encoder_seq_len, conv=conv)
     renamed = {_dense_name(n, record.layers): s for n, s in after.sites.items()}
 
     if dense is not None:
-        before = count(dense, seq_len=seq_len, encoder_seq_len=encoder_seq_len)
+        before = count(dense, seq_len=seq_len, encoder_seq_len=encoder_seq_len, conv=conv)
         before_units = {n: s.units for n, s in before.sites.items()}
         params_before, flops_before = before.params, before.flops
     else:
@@ -191,9 +205,10 @@ def summarize(
 
 
 def _model_order(name: str) -> tuple:
-    """Encoder before decoder, then layer number (10 after 9), then attention, cross-attention, FFN."""
+    """Conv feature encoder first, encoder before decoder, then layer number (10 after 9), then attention,
+    cross-attention, FFN."""
     stack, index, kind = name.split(".")
-    return (stack != "encoder", stack, int(index), ("attention", "cross_attention", "ffn").index(kind))
+    return (kind != "conv", stack != "encoder", stack, int(index), tuple(_TITLES).index(kind))
 
 
 def ratio(before, after) -> str:

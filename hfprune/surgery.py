@@ -1,4 +1,5 @@
-"""Physical removal of heads, FFN neurons and layers, built on the one slicing primitive in `linear.py`.
+"""Physical removal of heads, FFN neurons, conv channels and layers, built on the one slicing primitive in
+`linear.py` (and `norms.py` for norms over channels).
 
 Every public function validates its whole request before it touches a weight, so a bad request leaves the
 model as it was. Indices always refer to the structure as it is now; `record.PruningRecord` maps them back to
@@ -12,10 +13,11 @@ from collections.abc import Iterable, Mapping
 import torch
 import torch.nn as nn
 
-from .arch import AttentionSite, FfnSite, find_stacks, prepared_adapter, resolve_sites
+from .arch import AttentionSite, ConvSite, FfnSite, find_stacks, prepared_adapter, resolve_conv_sites, resolve_sites
 from .errors import PruningSpecError
 from .linear import keep_along, keep_inputs, keep_outputs, out_features
 from .modules import BiasOnly, EmptyAttention
+from .norms import keep_norm_channels, norm_layout
 from .record import ensure_record
 
 
@@ -26,9 +28,12 @@ def sites(model: nn.Module) -> dict[str, str]:
         ```python
         >>> hfprune.sites(model)
         {"encoder.0.attention": "attention", "encoder.0.ffn": "ffn", ...}
+        >>> hfprune.sites(wav2vec2)   # speech encoders: the CNN's conv layers come first
+        {"feature_extractor.0.conv": "conv", ..., "encoder.0.attention": "attention", ...}
         ```
     """
-    return {name: site.kind for name, site in resolve_sites(model).items()}
+    transformer = resolve_sites(model)  # first: lets the adapter swap in prunable modules
+    return {name: site.kind for name, site in {**resolve_conv_sites(model), **transformer}.items()}
 
 
 def _checked_indices(name: str, what: str, indices: Iterable[int], size: int) -> list[int]:
@@ -194,6 +199,55 @@ def remove_neurons(model: nn.Module, neurons: Mapping[str, Iterable[int]]) -> No
     sync_config(model)
 
 
+def remove_channels(model: nn.Module, channels: Mapping[str, Iterable[int]]) -> None:
+    """Physically remove output channels of conv layers (speech feature encoders).
+
+    Channel c of conv i goes from conv i's outputs (weight and bias), from the norm over conv i's channels, and
+    from the inputs of whatever reads them: conv i+1, or for the last conv the feature projection (and its
+    norm). `config.conv_dim` follows, so the stock `from_pretrained` builds the pruned feature encoder.
+
+    Args:
+        model: a model with conv sites (wav2vec2, HuBERT, WavLM); shrunk in place.
+        channels: conv site name -> indices of the channels to remove, as the site is now. A conv layer keeps
+            at least one channel.
+
+    Example:
+        ```python
+        >>> hfprune.remove_channels(model, {"feature_extractor.0.conv": [3, 17], "feature_extractor.6.conv": [0]})
+        ```
+    """
+    all_sites = resolve_conv_sites(model)
+    plan = []
+    for name, indices in channels.items():
+        site = _site(all_sites, name, ConvSite, "conv")
+        removed = set(_checked_indices(name, "channel", indices, site.num_channels))
+        if len(removed) == site.num_channels:
+            raise PruningSpecError(f"{name}: cannot remove every channel of a conv layer; keep at least one")
+        for norm in site.norms:
+            try:
+                norm_layout(norm)
+            except TypeError as error:
+                raise PruningSpecError(f"{name}: {error}") from error
+        if removed:
+            plan.append((site, [c for c in range(site.num_channels) if c not in removed]))
+    if not plan:
+        return
+    record = ensure_record(model)
+    for site, kept in plan:
+        record.keep("channels", site.name, site.num_channels, kept)
+        keep = torch.tensor(kept, dtype=torch.long)
+        norms, consumers, is_last = site.norms, site.consumers, site.is_last  # resolved before shapes change
+        keep_outputs(site.conv, keep)
+        for consumer in consumers:
+            keep_inputs(consumer, keep)
+        for norm in norms:
+            keep_norm_channels(norm, keep)
+        setattr(site.layer, site.spec.out_attribute, len(kept))
+        if not is_last:
+            setattr(site.layers[site.layer_index + 1], site.spec.in_attribute, len(kept))
+    sync_config(model)
+
+
 def remove_layers(model: nn.Module, layers: Iterable[str]) -> None:
     """Remove whole layers (`"encoder.5"`, `"decoder.0"`). Later layers move down, as in the `ModuleList`.
 
@@ -253,6 +307,9 @@ def sync_config(model: nn.Module) -> None:
     """Write into `model.config` every shape the family's config can express (uniform sizes only)."""
     config = model.config
     all_sites = list(resolve_sites(model).values())
+    conv_sites = list(resolve_conv_sites(model).values())
+    if conv_sites:
+        setattr(config, conv_sites[0].spec.dims_field, [site.num_channels for site in conv_sites])
     for stack in find_stacks(model):
         spec = stack.spec
         setattr(config, spec.layers_field, len(stack.layers))

@@ -109,7 +109,8 @@ def test_save_and_reload_identical(family, tmp_path):
     first_attention = next(n for n, k in hfprune.sites(model).items() if k == "attention")
     heads, neurons = removal_plan(model, seed=2, empty_site=first_attention)
     pruned = prune(model, heads, neurons)
-    hfprune.remove_layers(pruned, [next(iter(hfprune.sites(pruned))).rsplit(".", 1)[0].rsplit(".", 1)[0] + ".1"])
+    first_stack = next(n for n, k in hfprune.sites(pruned).items() if k != "conv").split(".")[0]
+    hfprune.remove_layers(pruned, [first_stack + ".1"])
     expected = outputs(pruned, family)
     pruned.save_pretrained(tmp_path / "saved")  # the usual transformers call must keep pruning_config.json
     assert (tmp_path / "saved" / "pruning_config.json").exists()
@@ -130,7 +131,8 @@ def test_pruning_nothing_changes_nothing(family):
     expected = outputs(model, family)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     names = hfprune.sites(model)
-    hfprune.remove_heads(model, {n: [] for n, k in names.items() if k != "ffn"})
+    hfprune.remove_heads(model, {n: [] for n, k in names.items() if k in ("attention", "cross_attention")})
+    hfprune.remove_channels(model, {n: [] for n, k in names.items() if k == "conv"})
     hfprune.remove_neurons(model, {n: [] for n, k in names.items() if k == "ffn"})
     hfprune.remove_layers(model, [])
     assert torch.equal(outputs(model, family), expected)

@@ -15,6 +15,9 @@ import torch.nn as nn
 # Quantities a module attribute can follow when heads are removed.
 HEAD_QUANTITIES = ("heads", "kv_heads", "width", "kv_width", "groups")
 
+# The recipe structure that removes units of each site kind (a site kind is what `hfprune.sites` reports).
+STRUCTURE_OF_KIND = {"attention": "heads", "cross_attention": "heads", "ffn": "neurons", "conv": "channels"}
+
 
 @dataclass(frozen=True)
 class AttentionSpec:
@@ -107,6 +110,41 @@ class StackSpec:
 
 
 @dataclass(frozen=True)
+class ConvSpec:
+    """A stack of 1-d convolutions whose output channels can be pruned (the CNN feature encoder of wav2vec2,
+    HuBERT, WavLM). Conv layer i is the site `"{name}.{i}.conv"`; its channels are conv i's outputs, the inputs
+    of conv i+1, and for the last layer the inputs of `output` (through `output_norm`).
+
+    Args:
+        name: the stack's name in site names (`"feature_extractor"`).
+        path: suffix of the `nn.ModuleList` holding the conv layers.
+        conv: path of the `nn.Conv1d` inside a conv layer.
+        norm: path of the layer's norm over channels inside a conv layer, where it has one (a GroupNorm with one
+            group per channel, or a LayerNorm over channels); sliced with the channels.
+        output: path of the projection reading the last layer's channels, relative to the module holding the
+            conv stack's parent (`feature_projection.projection` beside `feature_extractor`).
+        output_norm: path (relative like `output`) of the norm over the last layer's channels before `output`,
+            where the config builds one.
+        readers: paths, relative to the model, of further projections that read the last layer's channels after
+            `output_norm`, sliced with them where the model has them (the pre-training quantizer's `weight_proj`).
+        out_attribute, in_attribute: conv-layer attributes holding its output / input channel counts.
+        dims_field: config field listing the channels of every conv layer; pruned sizes are written to it, so the
+            stock `from_pretrained` builds the pruned shapes.
+    """
+
+    name: str
+    path: str
+    conv: str
+    norm: str
+    output: str
+    output_norm: str
+    out_attribute: str
+    in_attribute: str
+    dims_field: str
+    readers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Adapter:
     """Describes one model family.
 
@@ -116,8 +154,10 @@ class Adapter:
         prepare: optional callable run on the model before any hfprune code reads it, for families whose stock
             modules must be swapped for an equivalent, prunable implementation (WavLM's attention). It must be
             idempotent and keep parameter names, so checkpoints stay compatible.
+        conv: the family's prunable convolution stack, if it has one (speech encoders).
     """
 
     model_types: tuple[str, ...]
     stacks: tuple[StackSpec, ...]
+    conv: ConvSpec | None = None
     prepare: Callable[[nn.Module], None] | None = None

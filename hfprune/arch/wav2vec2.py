@@ -1,6 +1,10 @@
-"""wav2vec2 and HuBERT: transformer encoder over CNN features (the CNN is not a site here)."""
+"""wav2vec2 and HuBERT: transformer encoder over CNN features; the CNN's output channels are sites too.
 
-from .base import Adapter, AttentionSpec, FfnSpec, StackSpec
+`conv_dim` in the config lists every conv layer's channels, so channel pruning is written into config.json and
+the stock `from_pretrained` rebuilds the pruned feature encoder.
+"""
+
+from .base import Adapter, AttentionSpec, ConvSpec, FfnSpec, StackSpec
 from .registry import register_adapter
 
 
@@ -33,4 +37,17 @@ ENCODER = StackSpec(
     ffn_field="intermediate_size",
 )
 
-WAV2VEC2 = register_adapter(Adapter(model_types=("wav2vec2", "hubert"), stacks=(ENCODER,)))
+FEATURE_ENCODER = ConvSpec(
+    name="feature_extractor",
+    path="feature_extractor.conv_layers",
+    conv="conv",
+    norm="layer_norm",  # GroupNorm(C, C) in layer 0 of "group" mode, a LayerNorm over channels in "layer" mode
+    output="feature_projection.projection",
+    output_norm="feature_projection.layer_norm",  # HuBERT builds it only with feat_proj_layer_norm
+    out_attribute="out_conv_dim",
+    in_attribute="in_conv_dim",
+    dims_field="conv_dim",
+    readers=("quantizer.weight_proj",),  # *ForPreTraining: the quantizer reads the normalised CNN features
+)
+
+WAV2VEC2 = register_adapter(Adapter(model_types=("wav2vec2", "hubert"), stacks=(ENCODER,), conv=FEATURE_ENCODER))

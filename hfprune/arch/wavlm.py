@@ -18,7 +18,7 @@ from transformers.models.wavlm.modeling_wavlm import WavLMAttention
 
 from .base import Adapter
 from .registry import register_adapter
-from .wav2vec2 import ENCODER
+from .wav2vec2 import ENCODER, FEATURE_ENCODER
 
 
 class PrunableWavLMAttention(WavLMAttention):
@@ -71,5 +71,6 @@ WAVLM = register_adapter(
         model_types=("wavlm",),
         prepare=_prepare,
         stacks=(replace(ENCODER, attention=(_ATTENTION,), first_layer_modules=("attention.rel_attn_embed",)),),
+        conv=FEATURE_ENCODER,
     )
 )
