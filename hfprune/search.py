@@ -5,9 +5,9 @@ generalised to per-site costs (GQA, encoder/decoder lengths, cross-attention): f
 important head units, spend what is left of the budget on the most important neurons, and keep the (h, n)
 with the largest total importance. That needs head and neuron scores on one scale (Fisher, Taylor); for
 criteria without one (magnitude, activation) each kind gets the share of the budget it has in the dense model.
-Conv channels (speech feature encoders) join the neurons' side of that search: their costs differ from layer
-to layer, so neurons and channels together are taken by importance per unit of cost (greedy knapsack; with
-neurons alone, whose costs are equal, that is Kwon et al.'s order).
+Units are ranked by importance per unit of cost (greedy knapsack), since costs differ between sites: encoder
+and decoder lengths, GQA slices, conv layers. With equal costs that is Kwon et al.'s order by importance.
+Conv channels (speech feature encoders) join the neurons' side of the split.
 
 A *unit* is what can go at once: a head (multi-head attention), one query head from every KV group or a
 whole KV group (GQA, per the recipe), a neuron, or a conv channel.
@@ -110,6 +110,22 @@ def _take(candidates: list[_Unit], budget: float) -> int:
     return len(candidates)
 
 
+def _by_value(units: list[_Unit]) -> list[_Unit]:
+    """`units` (given site by site, each site's best first) ordered by importance per unit of cost: a greedy
+    knapsack. Costs differ between sites when lengths do (Whisper's encoder neuron sees 1500 frames, a decoder
+    neuron a transcript's few tokens: ordering by importance alone spends the budget on cutting decoder units
+    that save nothing), between GQA slices, and between conv layers; with equal costs this is Kwon et al.'s
+    order by importance. A site's units stay in their own order (a later slice never before an earlier one):
+    each value is capped by the values before it in its site, and the stable sort keeps ties in site order."""
+    capped, last = [], {}
+    for unit in units:
+        value = min(unit.score / max(unit.cost, 1e-30), last.get(unit.site, float("inf")))
+        last[unit.site] = value
+        capped.append(value)
+    order = sorted(range(len(units)), key=lambda i: -capped[i])
+    return [units[i] for i in order]
+
+
 def _best_split(heads: list[_Unit], neurons: list[_Unit], budget: float) -> tuple[int, int]:
     """Kwon et al.'s search: the (h, n) prefix pair under `budget` with the largest total importance."""
     head_cost = torch.tensor([0.0] + [u.cost for u in heads], dtype=torch.float64).cumsum(0)
@@ -168,14 +184,10 @@ def search(counts: ModelCount, scores: Scores, recipe: Recipe) -> Plan:
             keep_at_least = min(minimums[kind], site.units)
         forced[name] = units[:keep_at_least]
         candidates[kind].extend(units[keep_at_least:])
-    candidates = {k: sorted(v, key=lambda u: -u.score) for k, v in candidates.items()}
-
     budgets = _budgets(counts, recipe, metric, forced, candidates)
-    # Neurons and channels share the non-head side of the split; with channels their costs differ, so they are
-    # taken by importance per cost.
-    rest = candidates["neurons"]
-    if candidates["channels"]:
-        rest = sorted(rest + candidates["channels"], key=lambda u: -u.score / max(u.cost, 1e-30))
+    # Neurons and channels share the non-head side of the split.
+    rest = _by_value(candidates["neurons"] + candidates["channels"])
+    candidates = {k: _by_value(v) for k, v in candidates.items()}
     if "shared" in budgets and scores.comparable and candidates["heads"] and rest:
         h, n = _best_split(candidates["heads"], rest, budgets["shared"])
         chosen = {"heads": candidates["heads"][:h], "rest": rest[:n]}
