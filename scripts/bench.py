@@ -42,11 +42,11 @@ import fortunes  # noqa: E402
 from peer_torch_pruning import prune_with_torch_pruning  # noqa: E402
 
 
-def hfprune_method(criterion: str, refine: bool = True):
+def hfprune_method(criterion: str, refine: bool = True, reconstruct: bool = False):
     def run(model, fraction, calibration, seq_len):
         recipe = hfprune.Recipe(
             target={"flops": fraction}, criterion=criterion, num_samples=10**9, seq_len=seq_len,
-            rearrange=refine, tune=refine,
+            rearrange=refine, tune=refine, reconstruct=reconstruct,
         )
         hfprune.prune(model, recipe, calibration=calibration)
 
@@ -61,6 +61,7 @@ def torch_pruning_method(criterion: str):
 
 
 METHODS = {
+    "hfprune-fisher + reconstruction": hfprune_method("fisher", reconstruct=True),
     "hfprune-fisher": hfprune_method("fisher"),
     "hfprune-fisher (no refinement)": hfprune_method("fisher", refine=False),
     "hfprune-taylor": hfprune_method("taylor"),

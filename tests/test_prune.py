@@ -53,6 +53,16 @@ def test_params_target_and_counts_target():
     assert report.after.sites["encoder.0.attention"].units + report.after.sites["encoder.1.attention"].units == 5
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])  # language-model logits: a KL a tiny classifier lacks
+def test_weight_reconstruction_in_prune_brings_the_model_closer_to_dense(family):
+    model = build(family)
+    report = hfprune.prune(model, {"target": {"flops": 0.5}, "criterion": "fisher", "reconstruct": True},
+                           calibration(family, batches=8))
+    assert "mask tuning" not in report.quality, "reconstruction replaces mask tuning"
+    assert report.quality["weight reconstruction"]["kl"] < report.quality["rearrangement"]["kl"]
+    assert report.flops_kept <= 0.5 + 1e-9 and torch.isfinite(logits(model, family)).all()
+
+
 @pytest.mark.parametrize("gqa", ["heads", "groups"])
 def test_gqa_modes_keep_the_group_rule(gqa):
     model = build("llama")
