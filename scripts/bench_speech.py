@@ -12,7 +12,8 @@ its 1500 frames, the decoder at the test references' mean token length, see hfpr
   train clips and their sentences (cubic schedule, the dense model as teacher), shrunk at train end.
 
 Reports WER on the test clips (greedy, Whisper's English normalisation), the mean generate() latency per
-utterance (batch 1, over the first `--latency-clips` test clips, every model timed in the same rounds), the
+utterance (batch 1, over the first `--latency-clips` test clips, every model timed in the same rounds and
+decoding the same number of tokens: the test references' mean), the
 speedup / FLOPs-ratio efficiency, and writes bench_speech.md/.json/.png.
 
     python scripts/bench_speech.py [--fractions 0.8,0.6,0.4] [--steps 40]
@@ -90,13 +91,16 @@ def transcribe(model, processor, features: torch.Tensor, batch_size: int = 8) ->
 
 
 @torch.inference_mode()
-def latency(model, features: torch.Tensor) -> float:
-    """Mean seconds of one greedy generate() per utterance, batch 1, after one untimed warm-up clip."""
-    model.generate(features[:1], max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+def latency(model, features: torch.Tensor, tokens: int) -> float:
+    """Mean seconds of one greedy generate() per utterance, batch 1, after one untimed warm-up clip. Every model
+    decodes exactly `tokens` tokens: a damaged model that rambles to the length limit would otherwise look slow
+    for producing more text, not for computing more per token."""
+    settings = {"min_new_tokens": tokens, "max_new_tokens": tokens, "do_sample": False}
+    model.generate(features[:1], **settings)
     times = []
     for clip in features:
         start = time.perf_counter()
-        model.generate(clip[None], max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        model.generate(clip[None], **settings)
         times.append(time.perf_counter() - start)
     return statistics.mean(times)
 
@@ -185,7 +189,7 @@ def run(args) -> list[dict]:
     seconds = [[] for _ in models]
     for _ in range(args.latency_rounds):
         for model, times in zip(models, seconds, strict=True):
-            times.append(latency(model, timed))
+            times.append(latency(model, timed, decoder_len))
     for row, times in zip(rows, seconds, strict=True):
         row["latency_s"] = min(times)
         row["speedup"] = min(seconds[0]) / row["latency_s"]
