@@ -229,11 +229,17 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    top = 120  # WER past 100% (a model that rambles) is drawn at the top edge, with its value written beside
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for method in dict.fromkeys(r["method"] for r in rows[1:]):
         points = sorted((r["flops_kept"], r["wer"] * 100) for r in rows if r["method"] == method)
-        axis.plot(*zip(*points, strict=True), "-o", label=method, markersize=4)
+        x, y = zip(*points, strict=True)
+        axis.plot(x, [min(v, top) for v in y], "-o", label=method, markersize=4)
+        for flops, value in points:
+            if value > top:
+                axis.annotate(f"{value:.0f}%", (flops, top), textcoords="offset points", xytext=(4, -12), fontsize=8)
     axis.axhline(rows[0]["wer"] * 100, color="black", linewidth=0.8, label="dense")
+    axis.set_ylim(0, top + 5)
     axis.set_xlabel("fraction of encoder + decoder FLOPs kept")
     axis.set_ylabel("test WER (%)")
     axis.set_title("Whisper tiny.en on espeak-ng sentences, pruned")
