@@ -8,6 +8,9 @@ for Transformers", sections 4.2-4.3), and measuring how close a masked model sta
   the kept heads/neurons so that residual + block output matches the dense model's, which also corrects the
   drift the pruned earlier layers left in the residual stream. The scales live in the gates and are folded
   into the weights before surgery.
+- Weight reconstruction (an alternative to mask tuning): the same layer-by-layer targets, but every weight and
+  the bias of the output projection reading the kept units is refit (ridge regression), as in ZipLM's
+  layer-wise reconstruction (Kurtic et al. 2023).
 """
 
 from __future__ import annotations
