@@ -175,11 +175,15 @@ def _normal_equations(site, units: int, values: torch.Tensor, target: torch.Tens
     return gram.double(), rhs.double()
 
 
-def _tuning_order(model: nn.Module, masks: SoftMasks) -> dict:
-    """The gated sites that lost units, in model order."""
+def _layerwise_targets(model: nn.Module, masks: SoftMasks, batches: list, tokens: int):
+    """What mask tuning and weight reconstruction both start from: the gated sites that lost units (in model
+    order), the leading calibration batches holding about `tokens` positions, and the dense targets of every
+    such site on them."""
     all_sites = resolve_sites(model)
     gates = {**masks.heads, **masks.neurons}
-    return {n: all_sites[n] for n in all_sites if n in gates and bool((gates[n] == 0).any())}
+    sites = {n: all_sites[n] for n in all_sites if n in gates and bool((gates[n] == 0).any())}
+    batches = _first_tokens(model, batches, tokens, len(sites))
+    return sites, batches, _teacher_targets(model, masks, sites, batches)
 
 
 def _site_inputs(model: nn.Module, site, batches: list, teacher: list):
@@ -216,9 +220,7 @@ def tune_masks(model: nn.Module, masks: SoftMasks, batches: list) -> dict[str, f
     Returns the remaining squared error per site, relative to the target's energy.
     """
     gates = {**masks.heads, **masks.neurons}
-    sites = _tuning_order(model, masks)
-    batches = _first_tokens(model, batches, MAX_TOKENS, len(sites))
-    teacher = _teacher_targets(model, masks, sites, batches)
+    sites, batches, teacher = _layerwise_targets(model, masks, batches, MAX_TOKENS)
     errors = {}
     for name, site in tqdm(sites.items(), desc="mask tuning", unit="site", leave=False):
         gate = gates[name]
@@ -264,9 +266,7 @@ def reconstruct_weights(model: nn.Module, masks: SoftMasks, batches: list, dampi
     Returns the remaining squared error per site, relative to the target's energy.
     """
     gates = {**masks.heads, **masks.neurons}
-    sites = _tuning_order(model, masks)
-    batches = _first_tokens(model, batches, RECONSTRUCTION_TOKENS, len(sites))
-    teacher = _teacher_targets(model, masks, sites, batches)
+    sites, batches, teacher = _layerwise_targets(model, masks, batches, RECONSTRUCTION_TOKENS)
     errors = {}
     for name, site in tqdm(sites.items(), desc="weight reconstruction", unit="site", leave=False):
         gate = gates[name]

@@ -211,6 +211,14 @@ def duplicate_units(model, family):
                     weight_out_in(site.o)[:, to] = weight_out_in(site.o)[:, rows]
 
 
+def gate_the_copies(masks):
+    """Gate to 0 the copies `duplicate_units` made: heads 1 and 3, neuron 1."""
+    for gate in masks.heads.values():
+        gate[[1, 3]] = 0.0
+    for gate in masks.neurons.values():
+        gate[1] = 0.0
+
+
 @pytest.mark.parametrize("family", ["bert", "distilbert", "gpt2", "llama", "wav2vec2", "whisper"])
 def test_weight_reconstruction_recovers_an_exactly_reconstructible_model(family):
     """The refit of each output projection must find the originals' columns doubled (and the bias kept)."""
@@ -220,10 +228,7 @@ def test_weight_reconstruction_recovers_an_exactly_reconstructible_model(family)
     duplicate_units(model, family)
     expected = logits(model, family)
     with SoftMasks(model) as masks:
-        for gate in masks.heads.values():
-            gate[[1, 3]] = 0.0
-        for gate in masks.neurons.values():
-            gate[1] = 0.0
+        gate_the_copies(masks)
         removal_error = (logits(model, family) - expected).abs().max()
         errors = reconstruct_weights(model, masks, calibration(family), damping=1e-9)
         refit_error = (logits(model, family) - expected).abs().max()
@@ -241,10 +246,7 @@ def test_mask_tuning_recovers_an_exactly_reconstructible_model(family):
     duplicate_units(model, family)
     expected = logits(model, family)
     with SoftMasks(model) as masks:
-        for gate in masks.heads.values():
-            gate[[1, 3]] = 0.0
-        for gate in masks.neurons.values():
-            gate[1] = 0.0
+        gate_the_copies(masks)
         removal_error = (logits(model, family) - expected).abs().max()
         tune_masks(model, masks, calibration(family))
         tuned_error = (logits(model, family) - expected).abs().max()
