@@ -283,6 +283,14 @@ def _load_weights(model: nn.Module, directory: Path) -> None:
 
 
 def _model_class(config, model_class):
+    if model_class is not None and hasattr(model_class, "_model_mapping"):
+        # An Auto class (AutoModelForSequenceClassification, ...): the concrete class for this config.
+        try:
+            return model_class._model_mapping[type(config)]
+        except KeyError:
+            raise CheckpointError(
+                f"{model_class.__name__} has no model for config {type(config).__name__} ({config.model_type!r})"
+            ) from None
     if model_class is not None:
         return model_class
     architectures = getattr(config, "architectures", None) or []
@@ -303,7 +311,8 @@ def from_pretrained(
 
     Args:
         path_or_repo_id: local directory or Hub repository id.
-        model_class: the transformers class to build; defaults to `config.architectures[0]`.
+        model_class: the transformers class to build, or an Auto class (`AutoModelForCausalLM`, ...); defaults
+            to `config.architectures[0]`.
         revision, token: passed to the Hub download when `path_or_repo_id` is a repo id.
         device: where to put the model (default: CPU). `"meta"` builds the pruned shapes without reading the
             weights: enough for `hfprune.count` and reports, at no memory cost.
@@ -316,6 +325,11 @@ def from_pretrained(
         >>> model = hfprune.from_pretrained("out/bert-pruned")
         ```
     """
+    if not isinstance(path_or_repo_id, str | os.PathLike):
+        raise CheckpointError(
+            f"path_or_repo_id must be a directory or Hub repo id, got {path_or_repo_id!r}; the model class goes "
+            "second: hfprune.from_pretrained(path, AutoModelForSequenceClassification)"
+        )
     directory = _local_directory(path_or_repo_id, revision, token)
     if not (directory / "config.json").exists():
         raise CheckpointError(f"{directory} has no config.json")

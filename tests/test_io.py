@@ -163,3 +163,15 @@ def test_uniform_ffn_and_layer_pruning_loads_without_hfprune(family, tmp_path):
     hfprune.save_pretrained(model, tmp_path)
     plain = type(model).from_pretrained(tmp_path).eval()
     assert torch.equal(logits(plain, family), logits(model, family))
+
+
+def test_auto_class_picks_the_concrete_model(checkpoint):
+    model = hfprune.from_pretrained(checkpoint, transformers.AutoModelForSequenceClassification)
+    assert type(model).__name__ == "BertForSequenceClassification"
+    with pytest.raises(CheckpointError, match="AutoModelForSpeechSeq2Seq has no model for config BertConfig"):
+        hfprune.from_pretrained(checkpoint, transformers.AutoModelForSpeechSeq2Seq)
+
+
+def test_arguments_in_the_wrong_order_are_named(checkpoint):
+    with pytest.raises(CheckpointError, match="the model class goes second"):
+        hfprune.from_pretrained(transformers.AutoModelForSequenceClassification, checkpoint)
