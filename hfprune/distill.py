@@ -59,14 +59,31 @@ def _hidden_states(output) -> tuple:
 
 
 class Distiller:
-    """Attach a frozen dense teacher to `model` and blend its soft targets into the training loss."""
+    """Attach a frozen dense teacher to `model` and blend its soft targets into the training loss.
 
-    def __init__(self, model: nn.Module, settings: dict[str, float]):
+    Args:
+        model: the student (trained).
+        settings: `distill_settings(...)` (alpha, temperature, hidden).
+        teacher: the model to learn from; by default a frozen copy of `model` as it is now, which is what
+            `PruningCallback` wants (the model is still dense when training begins). After one-shot pruning, pass
+            the dense model kept from before `hfprune.prune`.
+
+    Example:
+        ```python
+        >>> distiller = Distiller(pruned, distill_settings({"alpha": 0.5}), teacher=dense)
+        >>> trainer.train()
+        >>> distiller.detach()
+        ```
+    """
+
+    def __init__(self, model: nn.Module, settings: dict[str, float], teacher: nn.Module | None = None):
         self.settings = settings
-        try:
-            self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
-        except Exception as error:  # e.g. a model that cannot be copied (meta tensors, foreign wrappers)
-            raise RecipeError(f"distillation needs a copy of the dense model as teacher: {error}") from error
+        if teacher is None:
+            try:
+                teacher = copy.deepcopy(model)
+            except Exception as error:  # e.g. a model that cannot be copied (meta tensors, foreign wrappers)
+                raise RecipeError(f"distillation needs a copy of the dense model as teacher: {error}") from error
+        self.teacher = teacher.eval().requires_grad_(False)
         self._teacher_output = None
         self._labels = None  # this micro-batch's labels: which positions the KL term averages over
         self._share = 1.0  # this micro-batch's share of `num_items_in_batch`
