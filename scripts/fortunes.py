@@ -441,6 +441,42 @@ def measure_latencies(
     Returns:
         `dict[str, float]`: model name to median seconds per batch.
     """
+    times = _timed_rounds(models, tokenizer, texts, batch_size, repeats, warmup, max_length)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def measure_speedups(
+    models: Mapping[str, torch.nn.Module],
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    reference: str = "dense",
+    batch_size: int = 8,
+    repeats: int = 30,
+    warmup: int = 3,
+    max_length: int = 128,
+) -> dict[str, tuple[float, float]]:
+    """
+    Median seconds per batch and speedup over `models[reference]` of each model, timed as `measure_latencies` does.
+
+    The speedup is the median over rounds of the per-round ratio (reference seconds / model seconds), both
+    timed on the same batch back to back: a paired estimate, so a slow spell of the machine or a long batch
+    moves both sides of a ratio alike, where a ratio of two medians would mix different rounds.
+
+    Returns:
+        `dict[str, tuple[float, float]]`: model name to (median seconds per batch, speedup).
+    """
+    if reference not in models:
+        raise ValueError(f"reference {reference!r} is not one of the models {list(models)}")
+    times = _timed_rounds(models, tokenizer, texts, batch_size, repeats, warmup, max_length)
+    base = times[reference]
+    return {
+        name: (statistics.median(values), statistics.median(r / t for r, t in zip(base, values, strict=True)))
+        for name, values in times.items()
+    }
+
+
+def _timed_rounds(models, tokenizer, texts, batch_size, repeats, warmup, max_length) -> dict[str, list[float]]:
+    """Seconds of every timed round per model (round `r` runs batch `r % n_batches` through every model)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     prepared = _latency_batches(tokenizer, texts, batch_size, max_length)
@@ -458,7 +494,7 @@ def measure_latencies(
                 models[name](**inputs)
                 if round_ >= 0:
                     times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -130,3 +130,8 @@ def test_batches_and_helpers(toy_root: Path, tiny):
     assert set(latencies) == {"one", "two"} and all(value > 0 for value in latencies.values())
     alone = fortunes.measure_latencies({"model": model}, tokenizer, split["text"][:5], 2, repeats=2, warmup=0)
     assert alone["model"] > 0
+    timed = fortunes.measure_speedups({"dense": model, "same": model}, tokenizer, split["text"], batch_size=4,
+                                      repeats=3)
+    assert timed["dense"][1] == 1.0 and timed["same"][0] > 0 and timed["same"][1] > 0
+    with pytest.raises(ValueError, match="reference 'dense' is not one of the models"):
+        fortunes.measure_speedups({"model": model}, tokenizer, split["text"], repeats=1)
