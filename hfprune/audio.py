@@ -128,6 +128,14 @@ def _dataset_clips(
     for row, (value, label) in enumerate(zip(dataset[audio_column], labels, strict=True)):
         if isinstance(value, str):
             value = _resolve(value, base)
+        elif not isinstance(value, dict):
+            raise DataError(
+                f"row {row} of {audio_column!r} is a {type(value).__name__}, not a file path or an audio value; raw "
+                "samples need their rate: store {'array', 'sampling_rate'} or cast the column to datasets.Audio"
+            )
+        if label_column and label is None:
+            # One unlabelled row would leave its batch without labels and the loss inconsistent across batches.
+            raise DataError(f"row {row} has no {label_column!r}; label every row or pass no label column")
         name = value if isinstance(value, str) else (value or {}).get("path") or f"row {row}"
         clips.append(Clip(source=value, name=f"{name} (row {row} of {audio_column!r})", label=label))
     return clips

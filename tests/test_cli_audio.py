@@ -229,6 +229,18 @@ def test_missing_audio_column_and_label_column_for_ctc(tmp_path, capsys):
     assert "not an audio classifier" in err
 
 
+def test_raw_samples_without_a_rate_and_unlabelled_rows(tmp_path):
+    raw = tmp_path / "raw"
+    datasets.Dataset.from_dict({"audio": [tone(0.1).tolist()]}).save_to_disk(raw)
+    with pytest.raises(DataError, match="row 0 of 'audio' is a list, not a file path"):
+        audio_clips(str(raw))
+    paths = write_clips(tmp_path / "clips", n=2)
+    partly = tmp_path / "partly"
+    datasets.Dataset.from_dict({"audio": [str(p) for p in paths], "label": [1, None]}).save_to_disk(partly)
+    with pytest.raises(DataError, match="row 1 has no 'label'"):
+        audio_clips(str(partly))
+
+
 def test_resampling_without_torchaudio_or_scipy_names_the_rates(monkeypatch):
     # None in sys.modules makes `import` raise ImportError, as if neither were installed.
     monkeypatch.setitem(sys.modules, "torchaudio", None)
