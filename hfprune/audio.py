@@ -136,7 +136,7 @@ def _dataset_clips(
         if label_column and label is None:
             # One unlabelled row would leave its batch without labels and the loss inconsistent across batches.
             raise DataError(f"row {row} has no {label_column!r}; label every row or pass no label column")
-        name = value if isinstance(value, str) else (value or {}).get("path") or f"row {row}"
+        name = value if isinstance(value, str) else value.get("path") or f"row {row}"
         clips.append(Clip(source=value, name=f"{name} (row {row} of {audio_column!r})", label=label))
     return clips
 
