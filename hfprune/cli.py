@@ -1,9 +1,11 @@
 """Command line.
 
 `hfprune prune --model DIR_OR_ID --recipe R --data D --out O [--push-to-hub ID]` loads the model (a plain
-transformers checkpoint or an hfprune one), builds calibration batches from D with the model's own tokenizer,
-prunes per the recipe, and saves a reloadable model, its tokenizer, the report (`pruning_report.txt`) and a model
-card (`README.md` + `pruning.png`); with `--push-to-hub` that directory is then uploaded in one commit.
+transformers checkpoint or an hfprune one), builds calibration batches from D with the model's own tokenizer (or,
+for a speech model, its feature extractor: D is then a directory of audio files or a dataset with an audio
+column), prunes per the recipe, and saves a reloadable model, its tokenizer / feature extractor, the report
+(`pruning_report.txt`) and a model card (`README.md` + `pruning.png`); with `--push-to-hub` that directory is then
+uploaded in one commit.
 
 `hfprune report DIR_OR_ID [--compare DENSE] [--plot PNG] [--seq-len N]` prints params, FLOPs and what each layer
 kept for any pruned checkpoint, and with `--compare` the measured CPU latency of both models side by side.
@@ -24,13 +26,21 @@ def _parser() -> argparse.ArgumentParser:
     prune = commands.add_parser("prune", help="prune a model to a budget, one-shot, and save it")
     prune.add_argument("--model", required=True, help="local directory or Hub id of the model to prune")
     prune.add_argument("--recipe", required=True, help="YAML or JSON recipe (see recipes/)")
-    prune.add_argument("--data", help="calibration data: CSV/JSON/text file, saved datasets dir, or Hub dataset")
+    prune.add_argument(
+        "--data",
+        help="calibration data: CSV/JSON/text file, saved datasets dir, or Hub dataset; for speech models (wav2vec2, "
+        "HuBERT, WavLM, Whisper) also a directory of .wav/.flac/.ogg files, and datasets need an audio column (file "
+        "paths or a datasets Audio feature), featurized with the model's own feature extractor",
+    )
     prune.add_argument("--out", required=True, help="directory for the pruned model")
     prune.add_argument("--split", help="dataset split to use (default: train, or the first one)")
     prune.add_argument("--text-column", help="column holding the text (default: text/sentence/...)")
-    prune.add_argument("--label-column", help="column holding integer or string labels (default: label)")
+    prune.add_argument("--audio-column", help="speech models: column holding the audio (default: audio/path/file/...)")
+    prune.add_argument("--label-column", help="column holding integer or string labels (default: label); speech "
+                       "models take labels only for audio classification")
     prune.add_argument("--batch-size", type=int, default=16, help="calibration batch size")
     prune.add_argument("--max-length", type=int, default=128, help="truncate calibration texts to this many tokens")
+    prune.add_argument("--max-duration", type=float, default=30.0, help="cut calibration audio to this many seconds")
     prune.add_argument("--push-to-hub", metavar="ID", help="then upload the output directory to this Hub repo")
     prune.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
 
@@ -45,10 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def prune_command(args: argparse.Namespace) -> None:
-    import transformers
-
     from .card import write_card
-    from .data import load_dataset, text_batches
     from .io import from_pretrained, save_pretrained
     from .prune import prune
     from .recipe import Recipe
@@ -61,27 +68,13 @@ def prune_command(args: argparse.Namespace) -> None:
         check_repo_id(args.push_to_hub)  # a bad id or no token: say so now, not after pruning
         resolve_token(None)
     model = from_pretrained(args.model)
-    batches = None
-    tokenizer = None
-    if args.data:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
-        dataset = load_dataset(args.data, args.split)
-        batches = text_batches(
-            dataset,
-            tokenizer,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            num_samples=recipe.num_samples,
-            text_column=args.text_column,
-            label_column=args.label_column,
-            label2id=getattr(model.config, "label2id", None),
-        )
+    batches, preprocessors = _calibration(args, model, recipe) if args.data else (None, [])
     report = prune(model, recipe, calibration=batches)
     print(report)
     out = Path(args.out)
     save_pretrained(model, out)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
+    for preprocessor in preprocessors:
+        preprocessor.save_pretrained(out)
     (out / "pruning_report.txt").write_text(str(report) + "\n")
     base_model = None if Path(args.model).is_dir() else args.model
     write_card(out, summarize(model, report=report, base_model=base_model), args.push_to_hub or str(out))
@@ -91,6 +84,63 @@ def prune_command(args: argparse.Namespace) -> None:
 
         url = upload_folder(out, args.push_to_hub, private=args.private or None)
         print(f"pushed to {args.push_to_hub}: {url}")
+
+
+def _calibration(args: argparse.Namespace, model, recipe) -> tuple[list, list]:
+    """Calibration batches from `--data`, and what made them (tokenizer, or feature extractor [+ tokenizer]), to
+    save beside the pruned model. The model's input decides text or audio, not the look of the data."""
+    from .audio import is_audio_model
+
+    if is_audio_model(model):
+        return _audio_calibration(args, model, recipe)
+    import transformers
+
+    from .data import load_dataset, text_batches
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
+    batches = text_batches(
+        load_dataset(args.data, args.split),
+        tokenizer,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        num_samples=recipe.num_samples,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        label2id=getattr(model.config, "label2id", None),
+    )
+    return batches, [tokenizer]
+
+
+def _audio_calibration(args: argparse.Namespace, model, recipe) -> tuple[list, list]:
+    from .audio import audio_batches, audio_clips, load_feature_extractor, takes_class_labels
+
+    feature_extractor = load_feature_extractor(args.model)  # first: a missing one fails before any audio is read
+    labelled = takes_class_labels(model)
+    clips = audio_clips(args.data, args.split, args.audio_column, args.label_column, labelled=labelled)
+    batches = audio_batches(
+        clips,
+        feature_extractor,
+        model.main_input_name,
+        batch_size=args.batch_size,
+        num_samples=recipe.num_samples,
+        max_duration=args.max_duration,
+        label2id=getattr(model.config, "label2id", None),
+    )
+    return batches, [feature_extractor, *_optional_tokenizer(args.model)]
+
+
+def _optional_tokenizer(model_path: str) -> list:
+    """The tokenizer saved with a speech model (CTC, Whisper: what decodes its output), if it has one; classifiers
+    have none, and calibration does not need it. Only files on disk count: without them `AutoTokenizer` builds an
+    empty Whisper tokenizer from the config alone, which must not be saved as if it were the model's."""
+    import transformers
+
+    from .io import _local_directory
+
+    directory = _local_directory(model_path, None, None)
+    if not any((directory / name).exists() for name in ("tokenizer_config.json", "tokenizer.json")):
+        return []
+    return [transformers.AutoTokenizer.from_pretrained(directory)]
 
 
 def _checkpoint(path_or_id: str) -> Path:

@@ -1,5 +1,5 @@
 """Calibration data for the CLI: a local CSV/JSON/text file, a saved `datasets` directory or a Hub dataset,
-turned into model-ready batches with the model's own tokenizer or feature extractor."""
+turned into model-ready batches with the model's own tokenizer (audio for speech models: see `audio.py`)."""
 
 from __future__ import annotations
 
