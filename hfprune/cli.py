@@ -165,6 +165,7 @@ def report_command(args: argparse.Namespace) -> None:
     from .console import print_summary
     from .io import from_pretrained
     from .latency import dummy_inputs, measure_latency
+    from .lengths import decoder_length, input_length
     from .summary import summarize
 
     directory = _checkpoint(args.checkpoint)
@@ -177,10 +178,13 @@ def report_command(args: argparse.Namespace) -> None:
         seconds = measure_latency({"dense": dense, "pruned": model}, inputs, runs=args.runs)
         before, after = seconds["dense"] * 1e3, seconds["pruned"] * 1e3
         summary.metrics = {"before": {"CPU latency (ms)": before}, "after": {"CPU latency (ms)": after}}
+        timed = summary.lengths
+        if dense.config.is_encoder_decoder:  # Whisper's encoder always takes its whole 30 s window
+            timed = f"{input_length(dense, inputs)} encoder frames, {decoder_length(inputs)} decoder tokens"
         notes.append(
             f"FLOPs kept {summary.flops[1] / summary.flops[0]:.1%}, params kept "
             f"{summary.params[1] / summary.params[0]:.1%}, latency {after / before:.1%} of dense "
-            f"({before / after:.2f}x faster; median of {args.runs} runs, batch 1, {summary.seq_len} tokens/frames)"
+            f"({before / after:.2f}x faster; median of {args.runs} runs, batch 1, {timed})"
         )
     else:
         # Counting needs shapes only: build the pruned model on the meta device, without reading the weights.

@@ -7,9 +7,10 @@ forward pre-hook; a forward hook then replaces the student's `loss` (what the Tr
 
 (Hinton et al. 2015; hidden-state matching as in CoFi / DPHuBERT). The KL is averaged per labelled position
 (per decoder token for Whisper, per predicted token for causal LMs): positions labelled -100 are padding and
-are left out. An encoder-decoder trained on labels alone gets decoder inputs derived from them for the teacher,
-as the student derives its own. Only in training mode: evaluation sees the
-plain task loss. Both hooks are removed by `detach()`.
+are left out. The hidden-state MSE likewise averages over real positions only (`attention_mask`, in frames for
+speech encoders; the decoder's labelled tokens for Whisper), so padding a batch further leaves it unchanged.
+An encoder-decoder trained on labels alone gets decoder inputs derived from them for the teacher, as the student
+derives its own. Only in training mode: evaluation sees the plain task loss. Both hooks are removed by `detach()`.
 
 When the Trainer passes `num_items_in_batch` (labelled items over all gradient-accumulation micro-batches, and
 over all processes with `average_tokens_across_devices`), it expects the loss to be a sum over this micro-batch's
@@ -50,12 +51,20 @@ def distill_settings(spec: dict) -> dict[str, float]:
     return settings
 
 
-def _hidden_states(output) -> tuple:
-    """Every layer's hidden states: `hidden_states`, or the encoder's then the decoder's for encoder-decoders,
-    whose outputs keep them apart."""
+def _hidden_states(output) -> tuple[tuple, tuple]:
+    """Every layer's hidden states as (encoder or only stack, decoder): `hidden_states`, or the encoder's and the
+    decoder's apart for encoder-decoders, whose real positions differ."""
     if getattr(output, "hidden_states", None) is not None:
-        return tuple(output.hidden_states)
-    return tuple(output.get("encoder_hidden_states") or ()) + tuple(output.get("decoder_hidden_states") or ())
+        return tuple(output.hidden_states), ()
+    return tuple(output.get("encoder_hidden_states") or ()), tuple(output.get("decoder_hidden_states") or ())
+
+
+def _masked_mean(pointwise: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of `pointwise` (batch, positions) over the positions where `mask` is set; over all without a mask."""
+    if mask is None or mask.shape != pointwise.shape:
+        return pointwise.mean()
+    mask = mask.to(pointwise.dtype)
+    return (pointwise * mask).sum() / mask.sum().clamp(min=1)
 
 
 class Distiller:
@@ -86,6 +95,8 @@ class Distiller:
         self.teacher = teacher.eval().requires_grad_(False)
         self._teacher_output = None
         self._labels = None  # this micro-batch's labels: which positions the KL term averages over
+        self._attention_mask = None  # and its padding masks: which positions the hidden-state term averages over
+        self._decoder_attention_mask = None
         self._share = 1.0  # this micro-batch's share of `num_items_in_batch`
         # Count labelled items as the Trainer does: causal LM losses predict labels[..., 1:].
         self._shifts_labels = LOSS_MAPPING.get(getattr(model, "loss_type", None)) is ForCausalLMLoss and not getattr(
@@ -103,6 +114,8 @@ class Distiller:
         num_items = kwargs.get("num_items_in_batch")
         labels = kwargs.get("labels")
         self._labels = labels
+        self._attention_mask = kwargs.get("attention_mask")
+        self._decoder_attention_mask = kwargs.get("decoder_attention_mask")
         if num_items is not None:
             kwargs = {k: v for k, v in kwargs.items() if k != "num_items_in_batch"}
             if labels is not None:
@@ -169,10 +182,43 @@ class Distiller:
         kd = self._distillation_term(output.logits, teacher.logits)
         loss = (1 - alpha) * output.loss + alpha * kd
         if self.settings["hidden"]:
-            pairs = zip(_hidden_states(output), _hidden_states(teacher), strict=True)
-            loss = loss + self.settings["hidden"] * torch.stack([nn.functional.mse_loss(s, t) for s, t in pairs]).mean()
+            loss = loss + self.settings["hidden"] * self._hidden_term(module, output, teacher)
         output.loss = loss * self._share
         return output
+
+    def _hidden_term(self, module, output, teacher) -> torch.Tensor:
+        """Mean over layers of the MSE between student and teacher hidden states, averaged over real positions.
+
+        Padding is left out, as in the KL term: its states are never used downstream, so counting them would
+        dilute the average by however much the batch happens to be padded and train the student on pad states."""
+        students, teachers = _hidden_states(output), _hidden_states(teacher)
+        masks = self._hidden_masks(module, *students)
+        errors = [
+            _masked_mean((s.float() - t.float()).pow(2).mean(-1), mask)
+            for stack, teacher_stack, mask in zip(students, teachers, masks, strict=True)
+            for s, t in zip(stack, teacher_stack, strict=True)
+        ]
+        return torch.stack(errors).mean()
+
+    def _hidden_masks(self, module, encoder: tuple, decoder: tuple) -> tuple:
+        """(encoder or only stack, decoder) masks of real positions; None where every position counts."""
+        if decoder:
+            # Whisper: the encoder always sees 1500 frames (30 s, padded with silence it attends to), so all count.
+            # Decoder states line up with the labels (its inputs are the labels shifted right), -100 is padding.
+            mask = self._decoder_attention_mask
+            if mask is None and self._labels is not None:
+                mask = self._labels.ne(-100)
+            return None, mask
+        mask = self._attention_mask
+        if mask is None or not encoder:
+            return None, None
+        length = encoder[0].shape[1]
+        if mask.shape[-1] != length and hasattr(module, "_get_feature_vector_attention_mask"):
+            # Speech encoders (wav2vec2 / HuBERT / WavLM): the mask counts samples, the states are conv frames.
+            # The hidden states are the encoder's, before any adapter, so the adapter's downsampling is left out.
+            adapter = {"add_adapter": False} if getattr(module.config, "add_adapter", False) else {}
+            mask = module._get_feature_vector_attention_mask(length, mask, **adapter)
+        return mask, None
 
     def detach(self) -> None:
         for handle in self._handles:

@@ -69,12 +69,14 @@ class SiteCount:
 class ModelCount:
     """Counts of a model. `params` is every parameter of the model; `flops` sums the sites'. `seq_len` is the
     length the sites were counted at (the decoder's, for encoder-decoders), `encoder_seq_len` the encoder's
-    (None for encoder-only and decoder-only models)."""
+    (None for encoder-only and decoder-only models). `unit` is what one position of the (encoder) layers is:
+    "tokens" for text, "frames" for speech (after the feature extractor); a decoder's are always tokens."""
 
     params: int
     sites: dict[str, SiteCount]
     seq_len: int
     encoder_seq_len: int | None = None
+    unit: str = "tokens"
 
     @property
     def flops(self) -> int:
@@ -106,8 +108,8 @@ class ModelCount:
     def lengths(self) -> str:
         """The lengths the FLOPs are counted at, in words."""
         if self.encoder_seq_len is None:
-            return f"{self.seq_len} tokens/frames"
-        return f"{self.encoder_seq_len} encoder frames/tokens + {self.seq_len} decoder tokens"
+            return f"{self.seq_len} {self.unit}"
+        return f"{self.encoder_seq_len} encoder {self.unit}, {self.seq_len} decoder tokens"
 
 
 def _attention_count(site: AttentionSite, query_len: int, key_len: int) -> SiteCount:
@@ -214,4 +216,6 @@ def count(
     params = sum(p.numel() for p in model.parameters())
     stacks = {site.stack.spec.name for site in transformer.values()}
     encoder = encoder_seq_len if {"encoder", "decoder"} <= stacks else None  # only a two-stack model has both
-    return ModelCount(params=params, sites=sites, seq_len=seq_len, encoder_seq_len=encoder)
+    # Speech models (wav2vec2 family, Whisper) turn audio into frames with a feature extractor; text has tokens.
+    unit = "frames" if hasattr(model, "_get_feat_extract_output_lengths") else "tokens"
+    return ModelCount(params=params, sites=sites, seq_len=seq_len, encoder_seq_len=encoder, unit=unit)

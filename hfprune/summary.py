@@ -34,13 +34,15 @@ class PruningSummary:
     """Numbers about a pruned model. A `None` in a before slot means it is not known.
 
     Attributes:
-        params, flops: `(before, after)`; FLOPs for one sequence of `seq_len` tokens/frames.
+        params, flops: `(before, after)`; FLOPs for one sequence of `seq_len` tokens (speech: frames).
         kept: site (dense-model name) -> `(units before, units after)`; units are heads or neurons.
         kinds: site -> "attention", "cross_attention" or "ffn".
         loads_without_hfprune: whether plain `AutoModel*.from_pretrained` reloads the checkpoint.
         recipe: the recipe as a dict, when known.
         base_model: Hub id of the dense model, when known.
         model_class: the transformers class name.
+        lengths: the lengths FLOPs are counted at, in words (`ModelCount.lengths`: "41 tokens", "49 frames",
+            "1500 encoder frames, 20 decoder tokens").
     """
 
     params: tuple[int | None, int]
@@ -53,13 +55,15 @@ class PruningSummary:
     recipe: dict | None = None
     base_model: str | None = None
     metrics: dict[str, dict] = field(default_factory=dict)
+    lengths: str | None = None
 
     def size_rows(self) -> list[tuple[str, object, object]]:
         """`(label, dense, pruned)` rows: params, GFLOPs, then every measured metric."""
         (params_before, params_after), (flops_before, flops_after) = self.params, self.flops
         rows = [
             ("parameters", params_before, params_after),
-            (f"GFLOPs ({'conv + ' if 'conv' in self.kinds.values() else ''}attention + FFN, {self.seq_len} tokens)",
+            (f"GFLOPs ({'conv + ' if 'conv' in self.kinds.values() else ''}attention + FFN, "
+             f"{self.lengths or f'{self.seq_len} tokens'})",
              None if flops_before is None else flops_before / 1e9, flops_after / 1e9),
         ]
         before, after = self.metrics.get("before", {}), self.metrics.get("after", {})
@@ -201,6 +205,7 @@ def summarize(
         recipe=recipe() if recipe else record.recipe,
         base_model=base_model or _base_model(model),
         metrics=metrics or {},
+        lengths=after.lengths,
     )
 
 

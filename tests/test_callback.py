@@ -8,6 +8,7 @@ import transformers
 from tiny_models import build
 
 import hfprune
+from hfprune.distill import Distiller, distill_settings
 
 
 class RandomTopics(torch.utils.data.Dataset):
@@ -115,6 +116,55 @@ def test_distillation_blends_teacher_into_the_training_loss(tmp_path):
     # (transformers installs its own forward hooks on layers to record hidden states; ours are on the model.)
     assert callback.distiller is None and not model._forward_hooks and not model._forward_pre_hooks
     assert not any(m._forward_pre_hooks for m in model.modules())
+
+
+# Training mode without randomness (dropout, LayerDrop, SpecAugment), so two forward passes are comparable.
+NO_DROPOUT = {
+    "bert": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+    "wav2vec2": dict(feat_extract_norm="layer", hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                     feat_proj_dropout=0.0, final_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0,
+                     ctc_loss_reduction="mean"),
+}
+
+
+def _padded_batch(family: str, extra: int) -> dict:
+    """Two sequences, the first already padded; `extra` more padding positions (tokens or samples) on the right."""
+    generator = torch.Generator().manual_seed(1)
+    if family == "bert":
+        values, key, real = torch.randint(3, 99, (2, 12), generator=generator), "input_ids", 8
+        labels = torch.tensor([0, 1])
+    else:  # audio in samples: 600 of 800 real; feat_extract_norm="layer" normalises each frame on its own
+        values, key, real = torch.randn(2, 800, generator=generator), "input_values", 600
+        labels = torch.tensor([[3, 4, 5], [6, 7, -100]])
+    mask = torch.ones(values.shape, dtype=torch.long)
+    values[0, real:], mask[0, real:] = 0, 0
+    values = torch.cat([values, values.new_zeros(2, extra)], 1)
+    mask = torch.cat([mask, mask.new_zeros(2, extra)], 1)
+    return {key: values, "attention_mask": mask, "labels": labels}
+
+
+@pytest.mark.parametrize("family", ["bert", "wav2vec2"])
+def test_hidden_state_distillation_ignores_padding(family):
+    model = build(family, **NO_DROPOUT[family]).train()
+    distiller = Distiller(model, distill_settings({"alpha": 0.0, "hidden": 1.0}))
+    with torch.no_grad():  # a student that differs from its teacher everywhere, padding included
+        generator = torch.Generator().manual_seed(3)
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+
+    def hidden_term(batch):
+        loss = model.train()(**batch).loss  # task + hidden term (alpha = 0: no KL)
+        with torch.no_grad():
+            task = model.eval()(**batch).loss  # the hooks stay out of evaluation: the task loss alone
+        return (loss - task).detach()
+
+    # Real positions' states do not depend on right padding (masked attention, per-frame norms), so neither
+    # may the average: frames for wav2vec2 come from a mask in samples.
+    term = hidden_term(_padded_batch(family, 0))
+    assert term > 1e-3, "student and teacher differ"
+    for extra in (5, 40):
+        assert torch.allclose(hidden_term(_padded_batch(family, extra)), term, rtol=1e-4), f"{extra} more padding"
+    distiller.detach()
 
 
 def test_bad_distill_settings_are_named():

@@ -10,6 +10,7 @@ from tiny_models import build
 
 import hfprune
 from hfprune.cli import main
+from hfprune.summary import summarize
 
 
 def prune_a_little(model):
@@ -55,12 +56,28 @@ def test_meta_model_counts_like_the_loaded_one(checkpoints, family):
                                                                       hfprune.count(loaded).flops)
 
 
+# The lengths FLOPs are counted at, in the model's own units (tiny Whisper: 16 encoder frames, 16 decoder tokens).
+LENGTHS = {"bert": "16 tokens", "llama": "16 tokens", "wav2vec2": "16 frames", "wavlm": "16 frames",
+           "whisper": "16 encoder frames, 16 decoder tokens"}
+
+
+@pytest.mark.parametrize("family", ["bert", "wav2vec2", "whisper"])
+def test_lengths_are_named_in_tokens_or_frames(family):
+    model = prune_a_little(build(family))
+    counts = hfprune.count(model, seq_len=16, encoder_seq_len=16 if family == "whisper" else None)
+    assert counts.lengths == LENGTHS[family]
+    report = hfprune.PruningReport(recipe=hfprune.Recipe(), before=counts, after=counts)
+    assert f"attention + FFN, {LENGTHS[family]})" in str(report)
+    assert summarize(model, seq_len=16).size_rows()[1][0] == f"GFLOPs (attention + FFN, {LENGTHS[family]})"
+
+
 @pytest.mark.parametrize("family", ["bert", "llama", "wav2vec2", "whisper"])
 def test_compare_measures_both_models(checkpoints, family, capsys):
     dense, pruned = checkpoints(family)
     assert main(["report", str(pruned), "--compare", str(dense), "--seq-len", "16", "--runs", "2"]) == 0
     out = capsys.readouterr().out
     assert "CPU latency (ms)" in out and "x faster" in out and "FLOPs kept" in out
+    assert f"batch 1, {LENGTHS[family]})" in " ".join(out.split()), "what the latency was measured at"
     flops_kept = hfprune.count(prune_a_little(build(family)), 16).flops / hfprune.count(build(family), 16).flops
     assert f"FLOPs kept {flops_kept:.1%}" in out
 

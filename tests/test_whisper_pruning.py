@@ -94,7 +94,7 @@ def test_flops_count_encoder_and_decoder_at_their_lengths():
     assert cross.flops_per_unit == 2 * 4 * d * head + 4 * 4 * 1500 * head + 2 * 4 * head * d
     assert counts.sites["decoder.0.ffn"].flops_per_unit == 2 * 4 * d * 2
     assert counts.sites["encoder.0.ffn"].flops_per_unit == 2 * 1500 * d * 2
-    assert counts.encoder_seq_len == 1500 and "1500 encoder" in str(counts)
+    assert counts.encoder_seq_len == 1500 and "1500 encoder frames, 4 decoder tokens" in str(counts)
     assert hfprune.count(build("bert"), seq_len=4).encoder_seq_len is None
 
 
@@ -218,6 +218,23 @@ def test_hidden_state_distillation_covers_encoder_and_decoder():
         task = model(**batch).loss
     assert loss.requires_grad and torch.isfinite(loss)
     assert torch.allclose(loss, 0.5 * task, atol=1e-5), "student = teacher: no KL, no hidden-state error yet"
+    distiller.detach()
+
+
+def test_hidden_state_distillation_leaves_decoder_padding_out():
+    model = build("whisper").train()  # the tiny Whisper has no dropout
+    distiller = Distiller(model, distill_settings({"alpha": 0.5, "hidden": 1.0}))
+    with torch.no_grad():  # a student that differs from its teacher, at padded decoder positions too
+        generator = torch.Generator().manual_seed(3)
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    features = audio(1)[0]["input_features"]
+    labels = torch.tensor([[5, 6, 2, -100], [7, 8, 9, 2]])
+    loss = model(input_features=features, labels=labels).loss
+    # More -100 on the right: the causal decoder's real states are unchanged, and the decoder's hidden-state
+    # term, like the KL and the task loss, averages over labelled tokens only (encoder frames all count).
+    padded = torch.cat([labels, torch.full((2, 3), -100)], 1)
+    assert torch.allclose(model(input_features=features, labels=padded).loss, loss, rtol=1e-5)
     distiller.detach()
 
 
