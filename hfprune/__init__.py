@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from .arch import register_adapter, supported_model_types  # noqa: E402
 from .callback import PruningCallback  # noqa: E402
+from .distill import Distiller  # noqa: E402
 from .errors import CalibrationError, CheckpointError, HfpruneError, PruningSpecError, UnsupportedModelError  # noqa: E402
 from .flops import ModelCount, SiteCount, count  # noqa: E402
 from .hub import push_to_hub  # noqa: E402
@@ -21,6 +22,7 @@ __all__ = [
     "CRITERIA",
     "CalibrationError",
     "CheckpointError",
+    "Distiller",
     "PruningCallback",
     "PruningReport",
     "Recipe",

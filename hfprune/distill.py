@@ -72,21 +72,22 @@ class Distiller:
 
     Args:
         model: the student (trained).
-        settings: `distill_settings(...)` (alpha, temperature, hidden).
+        settings: `alpha`, `temperature`, `hidden` (the recipe's `distill` mapping; missing keys take their
+            defaults, unknown or ill-typed ones raise `RecipeError`).
         teacher: the model to learn from; by default a frozen copy of `model` as it is now, which is what
             `PruningCallback` wants (the model is still dense when training begins). After one-shot pruning, pass
             the dense model kept from before `hfprune.prune`.
 
     Example:
         ```python
-        >>> distiller = Distiller(pruned, distill_settings({"alpha": 0.5}), teacher=dense)
+        >>> distiller = hfprune.Distiller(pruned, {"alpha": 0.5, "temperature": 2.0}, teacher=dense)
         >>> trainer.train()
         >>> distiller.detach()
         ```
     """
 
     def __init__(self, model: nn.Module, settings: dict[str, float], teacher: nn.Module | None = None):
-        self.settings = settings
+        self.settings = distill_settings(settings)
         if teacher is None:
             try:
                 teacher = copy.deepcopy(model)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from tiny_models import build, inputs
 
 import hfprune
-from hfprune.distill import Distiller, distill_settings
 
 
 def test_an_explicit_teacher_is_used_as_is():
@@ -15,7 +15,7 @@ def test_an_explicit_teacher_is_used_as_is():
     hfprune.remove_heads(student, {"encoder.0.attention": [0, 1]})
     hfprune.remove_neurons(student, {"encoder.1.ffn": list(range(10))})
     batch = {**inputs("bert"), "labels": torch.tensor([0, 1])}
-    distiller = Distiller(student.train(), distill_settings({"alpha": 0.5, "temperature": 2.0}), teacher=dense)
+    distiller = hfprune.Distiller(student.train(), {"alpha": 0.5, "temperature": 2.0}, teacher=dense)
     assert distiller.teacher is dense and not any(p.requires_grad for p in dense.parameters())
     blended = student(**batch).loss
     with torch.no_grad():
@@ -28,3 +28,8 @@ def test_an_explicit_teacher_is_used_as_is():
     distiller.detach()
     student.train()
     assert torch.allclose(student(**batch).loss, plain.loss, atol=1e-6), "detach() restores the plain task loss"
+
+
+def test_unknown_settings_are_named():
+    with pytest.raises(hfprune.RecipeError, match=r"unknown distill key\(s\) \['temp'\]"):
+        hfprune.Distiller(build("bert"), {"temp": 2.0}, teacher=build("bert"))
