@@ -76,7 +76,8 @@ class Distiller:
             defaults, unknown or ill-typed ones raise `RecipeError`).
         teacher: the model to learn from; by default a frozen copy of `model` as it is now, which is what
             `PruningCallback` wants (the model is still dense when training begins). After one-shot pruning, pass
-            the dense model kept from before `hfprune.prune`.
+            the dense model kept from before `hfprune.prune`; it is put in eval mode, and its parameters are left
+            as they are (the teacher runs under `torch.no_grad()`).
 
     Example:
         ```python
@@ -90,10 +91,11 @@ class Distiller:
         self.settings = distill_settings(settings)
         if teacher is None:
             try:
-                teacher = copy.deepcopy(model)
+                teacher = copy.deepcopy(model).requires_grad_(False)
             except Exception as error:  # e.g. a model that cannot be copied (meta tensors, foreign wrappers)
                 raise RecipeError(f"distillation needs a copy of the dense model as teacher: {error}") from error
-        self.teacher = teacher.eval().requires_grad_(False)
+        # A teacher passed in stays trainable for its owner (it runs under no_grad here); eval() turns dropout off.
+        self.teacher = teacher.eval()
         self._teacher_output = None
         self._labels = None  # this micro-batch's labels: which positions the KL term averages over
         self._attention_mask = None  # and its padding masks: which positions the hidden-state term averages over

@@ -16,7 +16,7 @@ def test_an_explicit_teacher_is_used_as_is():
     hfprune.remove_neurons(student, {"encoder.1.ffn": list(range(10))})
     batch = {**inputs("bert"), "labels": torch.tensor([0, 1])}
     distiller = hfprune.Distiller(student.train(), {"alpha": 0.5, "temperature": 2.0}, teacher=dense)
-    assert distiller.teacher is dense and not any(p.requires_grad for p in dense.parameters())
+    assert distiller.teacher is dense and all(p.requires_grad for p in dense.parameters()), "the owner's model"
     blended = student(**batch).loss
     with torch.no_grad():
         student.eval()
@@ -25,6 +25,8 @@ def test_an_explicit_teacher_is_used_as_is():
     kl = torch.nn.functional.kl_div((plain.logits / 2).log_softmax(-1), (teacher_logits / 2).log_softmax(-1),
                                     log_target=True, reduction="none").sum(-1).mean() * 4
     assert torch.allclose(blended, 0.5 * plain.loss + 0.5 * kl, atol=1e-5)
+    blended.backward()
+    assert all(p.grad is None for p in dense.parameters()), "no gradient flows into the teacher"
     distiller.detach()
     student.train()
     assert torch.allclose(student(**batch).loss, plain.loss, atol=1e-6), "detach() restores the plain task loss"
