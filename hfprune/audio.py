@@ -187,7 +187,7 @@ def _read_file(clip: Clip) -> tuple[np.ndarray, int]:
 
 def resample(samples: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
     """`samples` at `target_rate`: torchaudio's band-limited sinc resampler when installed, else scipy's polyphase
-    filter; without either a DataError names both rates (neither is a dependency of hfprune)."""
+    filter (scipy is a dependency of hfprune; an environment without either gets a DataError naming both rates)."""
     if orig_rate == target_rate:
         return samples
     try:

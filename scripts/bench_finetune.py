@@ -95,12 +95,18 @@ def fine_tune(model, tokenizer, train, args, steps: int, callbacks=()) -> float:
     return time.perf_counter() - start
 
 
-def oneshot_then_finetune(dense, fraction, context) -> tuple[torch.nn.Module, float]:
-    model = copy.deepcopy(dense)
+def prune_oneshot(model, fraction, context) -> None:
+    """Prune `model` in place to `fraction` of its current FLOPs with the shipped one-shot recipe, calibrated on
+    every calibration batch."""
     recipe = replace(hfprune.Recipe.load(ONESHOT_RECIPE), target={"flops": fraction},
                      seq_len=context["seq_len"], num_samples=10**9)
-    start = time.perf_counter()
     hfprune.prune(model, recipe, calibration=context["calibration"])
+
+
+def oneshot_then_finetune(dense, fraction, context) -> tuple[torch.nn.Module, float]:
+    model = copy.deepcopy(dense)
+    start = time.perf_counter()
+    prune_oneshot(model, fraction, context)
     fine_tune(model, context["tokenizer"], context["train"], context["args"], context["args"].steps)
     return model, time.perf_counter() - start
 
@@ -123,10 +129,7 @@ def iterative_with_distillation(dense, fraction, context) -> tuple[torch.nn.Modu
     dense_flops = hfprune.count(dense, seq_len=context["seq_len"]).flops
     start = time.perf_counter()
     for stage, lr in ((round(fraction ** (2 / 3), 1), args.lr), (fraction, args.lr / 5)):
-        current = hfprune.count(model, seq_len=context["seq_len"]).flops
-        recipe = replace(hfprune.Recipe.load(ONESHOT_RECIPE), target={"flops": stage * dense_flops / current},
-                         seq_len=context["seq_len"], num_samples=10**9)
-        hfprune.prune(model, recipe, calibration=context["calibration"])
+        prune_oneshot(model, stage * dense_flops / hfprune.count(model, seq_len=context["seq_len"]).flops, context)
         distiller = hfprune.Distiller(model, {"alpha": 0.5, "temperature": 2.0}, teacher=dense)
         fine_tune(model, context["tokenizer"], context["train"], argparse.Namespace(**{**vars(args), "lr": lr}),
                   args.steps // 2)
