@@ -115,7 +115,10 @@ class PruningCallback(TrainerCallback):
         self.weight_masks: WeightMasks | None = None
         structured = self.weights is None  # the target and criterion only concern heads and neurons
         if structured and self.metric not in ("flops", "params"):
-            raise RecipeError("PruningCallback needs a flops or params fraction target")
+            raise RecipeError(
+                "PruningCallback needs a flops or params fraction target (target.latency is measured once, by the "
+                "one-shot hfprune.prune; a flops target is the closest during training)"
+            )
         if structured and self.recipe.criterion not in TRAINING_CRITERIA:
             raise RecipeError(
                 f"criterion {self.recipe.criterion!r} is not available during training yet; use one of "

@@ -44,6 +44,8 @@ class SiteCount:
         params_per_unit, flops_per_unit: what one query head / one neuron costs.
         params_per_kv_unit, flops_per_kv_unit: what one KV head costs (its K and V rows).
         fixed_params: what stays however many units go (the output bias).
+        seconds_per_unit, seconds_per_kv_unit: measured latency of one unit, filled in only for a latency
+            budget (`hfprune.latency.LatencyProfile.costed`); 0 otherwise.
     """
 
     name: str
@@ -55,6 +57,8 @@ class SiteCount:
     params_per_kv_unit: int
     flops_per_kv_unit: int
     fixed_params: int
+    seconds_per_unit: float = 0.0
+    seconds_per_kv_unit: float = 0.0
 
     @property
     def params(self) -> int:
@@ -70,13 +74,23 @@ class ModelCount:
     """Counts of a model. `params` is every parameter of the model; `flops` sums the sites'. `seq_len` is the
     length the sites were counted at (the decoder's, for encoder-decoders), `encoder_seq_len` the encoder's
     (None for encoder-only and decoder-only models). `unit` is what one position of the (encoder) layers is:
-    "tokens" for text, "frames" for speech (after the feature extractor); a decoder's are always tokens."""
+    "tokens" for text, "frames" for speech (after the feature extractor); a decoder's are always tokens.
+    `seconds` is the measured latency of a forward pass, set only for a latency budget."""
 
     params: int
     sites: dict[str, SiteCount]
     seq_len: int
     encoder_seq_len: int | None = None
     unit: str = "tokens"
+    seconds: float | None = None
+
+    def total(self, metric: str) -> float:
+        """The model's total under a budget metric: `flops`, `params` or `latency` (seconds)."""
+        if metric == "latency":
+            if self.seconds is None:
+                raise ValueError("these counts carry no latency; cost them with LatencyProfile.costed first")
+            return self.seconds
+        return self.flops if metric == "flops" else self.params
 
     @property
     def flops(self) -> int:

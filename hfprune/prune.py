@@ -16,6 +16,7 @@ import torch.nn as nn
 from .arch import AttentionSite, find_stacks, prepared_adapter, resolve_sites
 from .flops import count
 from .importance import NEEDS_DATA, check_calibration, compute_scores
+from .latency import dummy_inputs, measure_latency, profile_latency
 from .lengths import mean_lengths
 from .masks import SoftMasks
 from .recipe import Recipe, RecipeError
@@ -117,6 +118,9 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
     finally:
         model.train(was_training)
     report.after = count(model, seq_len=seq_len, encoder_seq_len=encoder_len, conv=conv)
+    if report.latency:
+        inputs = dummy_inputs(model, seq_len=seq_len, batch_size=recipe.latency_batch_size)
+        report.latency[1] = measure_latency({"pruned": model}, inputs, runs=10)["pruned"]
     record = ensure_record(model)
     record.recipe, record.report = recipe.to_dict(), report.summary()
     return report
@@ -136,6 +140,8 @@ def _check_weight_pattern(model, recipe: Recipe, weights) -> None:
 
 
 def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningReport) -> None:
+    if "latency" in recipe.target:
+        before = _latency_costed(model, recipe, before, report)
     with report.phase("scoring"):
         scores = compute_scores(model, recipe.criterion, batches, channels="channels" in recipe.structures)
     with report.phase("search"):
@@ -167,6 +173,21 @@ def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningRe
         remove_heads(model, heads)
         remove_neurons(model, neurons)
         remove_channels(model, channels)
+
+
+def _latency_costed(model, recipe: Recipe, before, report: PruningReport):
+    """`before` with every unit priced in measured seconds; refuses a latency target below the fixed time."""
+    with report.phase("latency profile"):
+        profile = profile_latency(model, before, recipe.structures, recipe.latency_batch_size)
+    report.latency = [profile.seconds, None]
+    share = profile.fixed / profile.seconds
+    if recipe.target["latency"] < share:
+        raise RecipeError(
+            f"target.latency={recipe.target['latency']} cannot be met: {share:.1%} of the measured time "
+            f"({profile.seconds * 1e3:.3g} ms at batch {profile.batch_size}, {before.lengths}) is spent outside "
+            f"the prunable {'/'.join(profile.seconds_per_flop)} (embeddings, norms, residual adds, task head)"
+        )
+    return profile.costed(before)
 
 
 @torch.no_grad()

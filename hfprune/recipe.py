@@ -20,7 +20,7 @@ import yaml
 
 from .errors import HfpruneError
 
-TARGET_FRACTIONS = ("flops", "params")
+TARGET_FRACTIONS = ("flops", "params", "latency")
 TARGET_COUNTS = ("heads", "neurons")
 STRUCTURES = ("heads", "neurons", "channels", "layers", "weights")
 
@@ -42,8 +42,9 @@ class Recipe:
     target: dict = _help(
         "Budget. One fraction to keep, of the prunable FLOPs (`flops`, attention + FFN at the calibration data's "
         "mean length; for encoder-decoders, encoder + decoder per utterance; plus the conv feature encoder and "
-        "feature projection when `channels` are pruned) or of all parameters (`params`), in (0, 1]; or absolute "
-        "kept counts `heads` and/or `neurons` over the whole model.",
+        "feature projection when `channels` are pruned), of all parameters (`params`), or of the forward pass's "
+        "measured time on this machine (`latency`, at `latency_batch_size`; one-shot `prune` only), in (0, 1]; "
+        "or absolute kept counts `heads` and/or `neurons` over the whole model.",
         default_factory=lambda: {"flops": 0.6},
     )
     structures: list = _help(
@@ -67,6 +68,11 @@ class Recipe:
         "Encoder-decoder models only: the encoder's length for the FLOPs budget (also the keys of "
         "cross-attention); default: that of the calibration inputs (Whisper: 1500 frames for its 30 s input).",
         None,
+    )
+    latency_batch_size: int = _help(
+        "With target.latency: sequences per timed forward pass (1: one request's latency; larger: batched "
+        "serving). The timings use random inputs of `seq_len` tokens (frames for speech) on the model's device.",
+        1,
     )
     min_heads: int = _help("Each attention site keeps at least this many heads (0 allows removing a block).", 0)
     min_neurons: int = _help("Each FFN keeps at least this many neurons.", 0)
@@ -120,8 +126,6 @@ class Recipe:
             _check_type(f.name, getattr(self, f.name), f.type)
         self.target = dict(self.target)
         unknown = set(self.target) - set(TARGET_FRACTIONS + TARGET_COUNTS)
-        if "latency" in unknown:
-            raise RecipeError("target.latency is not implemented yet; use target.flops (speedup tracks it closely)")
         if unknown:
             raise RecipeError(
                 f"unknown target key(s) {sorted(unknown)}; use one of {TARGET_FRACTIONS} or counts {TARGET_COUNTS}"
@@ -152,7 +156,7 @@ class Recipe:
             raise RecipeError(f"criterion {self.criterion!r} is unknown; available: {', '.join(sorted(CRITERIA))}")
         if self.gqa not in ("heads", "groups"):
             raise RecipeError(f"gqa must be 'heads' or 'groups', got {self.gqa!r}")
-        for name in ("num_samples", "round_neurons", "round_channels", "min_channels"):
+        for name in ("num_samples", "round_neurons", "round_channels", "min_channels", "latency_batch_size"):
             if getattr(self, name) < 1:
                 why = "; a conv layer with no channels would cut the model in two" if name == "min_channels" else ""
                 raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}{why}")

@@ -25,6 +25,8 @@ class PruningReport:
         weight_sparsity: fraction of zero weights per sparsified linear (module path -> fraction), with
             structures `weights`.
         weight_sizes: number of weights of each of those linears (to weigh the overall sparsity).
+        latency: measured seconds of a forward pass [before, after], with a `latency` target (random inputs
+            at the budget's lengths and `recipe.latency_batch_size`).
     """
 
     recipe: object
@@ -36,6 +38,7 @@ class PruningReport:
     layer_scores: dict[str, float] = field(default_factory=dict)
     weight_sparsity: dict[str, float] = field(default_factory=dict)
     weight_sizes: dict[str, int] = field(default_factory=dict)
+    latency: list[float] | None = None
 
     @contextmanager
     def phase(self, name: str):
@@ -73,6 +76,7 @@ class PruningReport:
             "quality": self.quality,
             "weight_sparsity": {n: round(v, 6) for n, v in self.weight_sparsity.items()},
             "weight_sparsity_overall": self.overall_weight_sparsity,
+            **({"latency_s": self.latency} if self.latency else {}),
         }
 
     @property
@@ -108,6 +112,11 @@ class PruningReport:
             f"{'GFLOPs':<12}{self.before.flops / 1e9:>16.4g}{self.after.flops / 1e9:>16.4g}{self.flops_kept:>8.1%}"
             f"   ({'conv + ' if conv else ''}attention + FFN, {self.before.lengths})",
         ]
+        if self.latency and self.latency[1] is not None:
+            before, after = self.latency
+            batch = getattr(self.recipe, "latency_batch_size", 1)
+            lines.append(f"{'latency ms':<12}{before * 1e3:>16.4g}{after * 1e3:>16.4g}{after / before:>8.1%}"
+                         f"   (measured, batch {batch}, random inputs)")
         if not weights_only:
             lines += ["", f"{'site':<28}{'kept':>14}"]
             for name, (before, after) in self.kept_per_site().items():

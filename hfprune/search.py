@@ -71,6 +71,8 @@ def _cost_of(site: SiteCount, metric: str) -> tuple[float, float]:
         return site.flops_per_unit, site.flops_per_kv_unit
     if metric == "params":
         return site.params_per_unit, site.params_per_kv_unit
+    if metric == "latency":
+        return site.seconds_per_unit, site.seconds_per_kv_unit
     return 1.0, 0.0  # absolute counts: a head or a neuron counts one
 
 
@@ -156,7 +158,7 @@ def search(counts: ModelCount, scores: Scores, recipe: Recipe) -> Plan:
         RecipeError: when the budget cannot be met (the minimums and what is not pruned already exceed it; a
             conv layer always keeps `min_channels` >= 1 channels, so a budget that would empty one fails here).
     """
-    metric = next(k for k in ("flops", "params", "heads", "neurons") if k in recipe.target)
+    metric = next(k for k in ("flops", "params", "latency", "heads", "neurons") if k in recipe.target)
     eligible = {
         name
         for name, site in counts.sites.items()
@@ -226,7 +228,7 @@ def _budgets(counts, recipe, metric, forced, candidates) -> dict[str, float]:
             else:
                 budgets[kind] = wanted - forced_kind
         return budgets
-    total = counts.flops if metric == "flops" else counts.params
+    total = counts.total(metric)
     fixed = total - sum(u.cost for units in candidates.values() for u in units)
     budget = recipe.target[metric] * total
     if budget < fixed - 1e-6 * total:
@@ -235,6 +237,7 @@ def _budgets(counts, recipe, metric, forced, candidates) -> dict[str, float]:
             f"target.{metric}={recipe.target[metric]} cannot be met: what is not pruned"
             f"{' and the minimums' if forced_cost else ''} already takes {fixed / total:.1%} of the {metric}"
             + (f" (every conv layer keeps at least min_channels={recipe.min_channels} channels)" if channels else "")
+            + (" (measured: embeddings, norms and the rest no pruning removes)" if metric == "latency" else "")
         )
     shared = budget - fixed
     totals = {k: sum(u.cost for u in v) for k, v in candidates.items()}
@@ -257,7 +260,7 @@ def _round(plan: Plan, kind: str, scores: dict, step: int, minimum: int, counts:
         limit = recipe.target.get(kind)
         spend = lambda: sum(len(k) for k in table.values())  # noqa: E731
     else:
-        limit = recipe.target[metric] * (counts.flops if metric == "flops" else counts.params)
+        limit = recipe.target[metric] * counts.total(metric)
         spend = lambda: planned_cost(plan, counts, metric)  # noqa: E731
     while limit is not None and spend() > limit + 1e-9:
         # Drop the block of `step` least important kept units from the site where that block matters least.
@@ -273,8 +276,9 @@ def _round(plan: Plan, kind: str, scores: dict, step: int, minimum: int, counts:
 
 
 def planned_cost(plan: Plan, counts: ModelCount, metric: str) -> float:
-    """FLOPs or params of the model once `plan` is applied (exact, from the per-unit costs)."""
-    total = counts.flops if metric == "flops" else counts.params
+    """FLOPs, params or modelled latency of the model once `plan` is applied (from the per-unit costs; exact for
+    FLOPs and params)."""
+    total = counts.total(metric)
     for name, site in counts.sites.items():
         per_unit, per_kv = _cost_of(site, metric)
         if name in plan.neurons:
