@@ -90,6 +90,9 @@ def measure_latency(
         {'dense': 0.0123, 'pruned': 0.0064}
         ```
     """
+    device = next(iter(inputs.values())).device
+    # CUDA kernels run asynchronously: a timing must wait until they are done.
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for model in models.values():
         model.eval()
         for _ in range(warmup):
@@ -97,8 +100,10 @@ def measure_latency(
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(runs):
         for name, model in models.items():
+            synchronize()
             start = time.perf_counter()
             model(**inputs)
+            synchronize()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
