@@ -194,6 +194,12 @@ def summarize(
     order = sorted({*before_units, *renamed}, key=_model_order)
     kept = {n: (before_units.get(n), renamed[n].units if n in renamed else 0) for n in order}
     recipe = getattr(getattr(report, "recipe", None), "to_dict", None)
+    recipe = recipe() if recipe else record.recipe
+    if not metrics and digest.get("latency_s") and None not in digest["latency_s"]:
+        # A latency budget's own timings (random inputs at the budget's lengths), shown until the caller measures.
+        label = f"latency (ms, batch {(recipe or {}).get('latency_batch_size', 1)})"
+        metrics = {side: {label: round(seconds * 1e3, 3)} for side, seconds in zip(("before", "after"),
+                                                                                    digest["latency_s"])}
     return PruningSummary(
         params=(params_before, after.params),
         flops=(flops_before, after.flops),
@@ -202,7 +208,7 @@ def summarize(
         kinds=kinds,
         loads_without_hfprune=loads_without_hfprune(model),
         model_class=type(model).__name__,
-        recipe=recipe() if recipe else record.recipe,
+        recipe=recipe,
         base_model=base_model or _base_model(model),
         metrics=metrics or {},
         lengths=after.lengths,

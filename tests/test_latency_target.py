@@ -12,6 +12,7 @@ import hfprune
 from hfprune.importance import compute_scores
 from hfprune.latency import LatencyProfile, profile_latency
 from hfprune.search import planned_cost, search
+from hfprune.summary import summarize
 
 prune_module = importlib.import_module("hfprune.prune")  # `hfprune.prune` the attribute is the function
 
@@ -93,6 +94,8 @@ def test_prune_to_a_latency_target_meets_the_modelled_budget_and_reports_measure
     assert before == profile.seconds and after > 0
     assert "latency ms" in str(report) and "batch 4" in str(report)
     assert report.summary()["latency_s"] == report.latency
+    card_metrics = summarize(model, report).metrics
+    assert card_metrics["after"]["latency (ms, batch 4)"] == round(after * 1e3, 3)
 
 
 def test_a_latency_target_below_the_fixed_time_is_refused_before_any_weight_changes(monkeypatch):
