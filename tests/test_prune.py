@@ -252,3 +252,31 @@ def test_mask_tuning_recovers_an_exactly_reconstructible_model(family):
         tuned_error = (logits(model, family) - expected).abs().max()
         assert tuned_error < 1e-5 and tuned_error < removal_error / 10, (removal_error, tuned_error)
         assert all(torch.allclose(g[[0, 2]], torch.tensor(2.0), atol=1e-3) for g in masks.heads.values())
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "wavlm", "whisper"])
+def test_layer_inputs_carried_from_layer_to_layer_equal_running_the_model_up_to_each(family, monkeypatch):
+    """Reconstruction feeds each layer the previous layer's outputs instead of re-running the model up to every
+    site; the refit weights must be those of the re-running path (WavLM, whose layers pass on a position bias,
+    must notice and fall back)."""
+    from hfprune import refine
+
+    results, carried = [], []
+    original = refine._LayerInputs.at
+    for carry in (True, False):
+        model = build(family, **({"num_hidden_layers": 3} if family != "whisper" else {"encoder_layers": 3}))
+        recipe = hfprune.Recipe(target={"flops": 0.5}, criterion="magnitude", reconstruct=True, round_neurons=1)
+
+        def at(self, site, carry=carry):
+            self.carry = self.carry and carry
+            calls = original(self, site)
+            carried.append(self.carry)
+            return calls
+
+        monkeypatch.setattr(refine._LayerInputs, "at", at)
+        hfprune.prune(model, recipe, calibration=calibration(family))
+        results.append(model.state_dict())
+        if carry:
+            assert carried[-1] == (family != "wavlm"), "carrying is checked against a real forward pass"
+    for name, value in results[0].items():
+        torch.testing.assert_close(value, results[1][name], rtol=1e-4, atol=1e-5, msg=name)
