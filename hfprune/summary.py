@@ -198,8 +198,8 @@ def summarize(
     if not metrics and digest.get("latency_s") and None not in digest["latency_s"]:
         # A latency budget's own timings (random inputs at the budget's lengths), shown until the caller measures.
         label = f"latency (ms, batch {(recipe or {}).get('latency_batch_size', 1)})"
-        metrics = {side: {label: round(seconds * 1e3, 3)} for side, seconds in zip(("before", "after"),
-                                                                                    digest["latency_s"])}
+        before, after_seconds = digest["latency_s"]
+        metrics = {"before": {label: round(before * 1e3, 3)}, "after": {label: round(after_seconds * 1e3, 3)}}
     return PruningSummary(
         params=(params_before, after.params),
         flops=(flops_before, after.flops),
