@@ -28,7 +28,7 @@ from .masks import SoftMasks
 
 MAX_SWAPS = 50
 # Tokens per site for mask tuning: thousands of tokens x hidden size equations for at most a few thousand
-# unknowns is well posed; more only costs time (each site needs a forward pass up to it).
+# unknowns is well posed; more only costs time (each site needs a pass of its layer over them).
 MAX_TOKENS = 8192
 # A full refit has (units x width + 1) unknowns per output instead of one per unit, and overfits 8192 tokens:
 # on the fortunes benchmark at 60% FLOPs, 8192 tokens gave 79.7% test accuracy, 32768 (all 512 samples) 81.2%.
