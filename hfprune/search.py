@@ -21,6 +21,7 @@ import torch
 
 from .arch import STRUCTURE_OF_KIND
 from .flops import ModelCount, SiteCount
+from .errors import CalibrationError
 from .importance import Scores
 from .recipe import Recipe, RecipeError
 
@@ -55,6 +56,9 @@ class Plan:
     def channel_removals(self, counts: ModelCount) -> dict[str, list[int]]:
         """The conv channels to remove, as `remove_channels` takes them."""
         return {n: sorted(set(range(counts.sites[n].units)) - set(k)) for n, k in self.channels.items()}
+
+
+GONE = float("-inf")  # the score of a unit that was removed before (it can never be kept again)
 
 
 @dataclass
@@ -168,8 +172,10 @@ def search(counts: ModelCount, scores: Scores, recipe: Recipe) -> Plan:
     }
     minimums = {"neurons": recipe.min_neurons, "channels": recipe.min_channels}
     unit_scores = {"neurons": scores.neurons, "channels": scores.channels}
+    _check_finite(scores, eligible)
     forced: dict[str, list[_Unit]] = {}
     candidates = {"heads": [], "neurons": [], "channels": []}
+    gone: list[_Unit] = []
     for name in sorted(eligible, key=list(counts.sites).index):
         site = counts.sites[name]
         kind = STRUCTURE_OF_KIND[site.kind]
@@ -184,9 +190,12 @@ def search(counts: ModelCount, scores: Scores, recipe: Recipe) -> Plan:
             score = unit_scores[kind][name]
             units = [_Unit(name, [i], float(score[i]), per_unit) for i in score.argsort(descending=True).tolist()]
             keep_at_least = min(minimums[kind], site.units)
+        # A score of -inf marks a unit that is already gone (PruningCallback re-planning): never kept again.
+        gone += [u for u in units if u.score == GONE]
+        units = [u for u in units if u.score != GONE]
         forced[name] = units[:keep_at_least]
         candidates[kind].extend(units[keep_at_least:])
-    budgets = _budgets(counts, recipe, metric, forced, candidates)
+    budgets = _budgets(counts, recipe, metric, forced, candidates, sum(u.cost for u in gone))
     # Neurons and channels share the non-head side of the split.
     rest = _by_value(candidates["neurons"] + candidates["channels"])
     candidates = {k: _by_value(v) for k, v in candidates.items()}
@@ -210,8 +219,22 @@ def search(counts: ModelCount, scores: Scores, recipe: Recipe) -> Plan:
     return plan
 
 
-def _budgets(counts, recipe, metric, forced, candidates) -> dict[str, float]:
-    """What the candidates may spend, after the fixed parts (not pruned, minimums, KV heads) are paid for."""
+def _check_finite(scores: Scores, eligible: set) -> None:
+    """Refuse NaN or +inf scores: one of them poisons the running sums of the split search, which then keeps
+    arbitrary units (removed ones included) rather than failing."""
+    tables = (scores.heads, scores.neurons, scores.channels)
+    bad = [name for table in tables for name, score in table.items()
+           if name in eligible and bool((torch.isnan(score) | torch.isposinf(score)).any())]
+    if bad:
+        raise CalibrationError(
+            f"importance scores are NaN or infinite at {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}: the "
+            "loss or its gradients overflowed (check the calibration data and the model's dtype)"
+        )
+
+
+def _budgets(counts, recipe, metric, forced, candidates, gone_cost: float = 0.0) -> dict[str, float]:
+    """What the candidates may spend, after the fixed parts (not pruned, minimums, KV heads) are paid for;
+    `gone_cost` is what units removed earlier cost in `counts` (nothing is paid for them)."""
     forced_cost = sum(u.cost for units in forced.values() for u in units)
     if metric in ("heads", "neurons"):
         budgets = {}
@@ -229,7 +252,7 @@ def _budgets(counts, recipe, metric, forced, candidates) -> dict[str, float]:
                 budgets[kind] = wanted - forced_kind
         return budgets
     total = counts.total(metric)
-    fixed = total - sum(u.cost for units in candidates.values() for u in units)
+    fixed = total - sum(u.cost for units in candidates.values() for u in units) - gone_cost
     budget = recipe.target[metric] * total
     if budget < fixed - 1e-6 * total:
         channels = any(STRUCTURE_OF_KIND[counts.sites[n].kind] == "channels" for n in forced)
@@ -252,9 +275,8 @@ def _round(plan: Plan, kind: str, scores: dict, step: int, minimum: int, counts:
     then give back blocks of `step` while over budget."""
     table = plan.tables()[kind]
     for name, kept in table.items():
-        total = counts.sites[name].units
-        order = scores[name].argsort(descending=True).tolist()
-        width = min(total, max(round(len(kept) / step) * step, -(-minimum // step) * step))
+        order = [i for i in scores[name].argsort(descending=True).tolist() if float(scores[name][i]) != GONE]
+        width = min(len(order), max(round(len(kept) / step) * step, -(-minimum // step) * step))
         table[name] = sorted(order[:width])
     if metric in ("heads", "neurons"):
         limit = recipe.target.get(kind)

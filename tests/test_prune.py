@@ -280,3 +280,24 @@ def test_layer_inputs_carried_from_layer_to_layer_equal_running_the_model_up_to_
             assert carried[-1] == (family != "wavlm"), "carrying is checked against a real forward pass"
     for name, value in results[0].items():
         torch.testing.assert_close(value, results[1][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_search_never_brings_back_a_removed_unit_and_refuses_nan_scores():
+    """PruningCallback re-plans with -inf for units already gone; rounding widths up must not revive them, and a
+    NaN score must fail by name rather than poison the split search."""
+    from hfprune.importance import CalibrationError as ScoreError
+    from hfprune.search import planned_cost
+
+    model = build("bert")
+    counts = hfprune.count(model, seq_len=12)
+    scores = compute_scores(model, "fisher", calibration("bert"))
+    scores.neurons["encoder.0.ffn"][:30] = float("-inf")  # 7 of 37 neurons left
+    scores.heads["encoder.1.attention"][:2] = float("-inf")
+    for target in (0.9, 0.5):
+        plan = search(counts, scores, hfprune.Recipe(target={"flops": target}, round_neurons=8))
+        assert not set(plan.neurons["encoder.0.ffn"]) & set(range(30))
+        assert not set(plan.heads["encoder.1.attention"]) & {0, 1}
+        assert planned_cost(plan, counts, "flops") <= target * counts.flops
+    scores.heads["encoder.1.attention"][3] = float("nan")
+    with pytest.raises(ScoreError, match="NaN or infinite at encoder.1.attention"):
+        search(counts, scores, hfprune.Recipe(target={"flops": 0.5}))
