@@ -234,9 +234,8 @@ class _LayerInputs:
                 calls = [self._next(self.model.get_submodule(f"{stack}.{passed}"), call) for call in calls]
                 if None in calls:
                     break
-            if None in calls or not _same(
-                (calls[0].args, calls[0].kwargs), _as_pair(block_calls(self.model, block, self.batches[:1])[0])
-            ):
+            real = block_calls(self.model, block, self.batches[:1])[0] if None not in calls else None
+            if real is None or not _same((calls[0].args, calls[0].kwargs), (real.args, real.kwargs)):
                 self.carry, calls = False, None
         if calls is None:
             calls = block_calls(self.model, block, self.batches)
@@ -253,10 +252,6 @@ class _LayerInputs:
         if call.args:
             return BlockCall((hidden, *call.args[1:]), call.kwargs, call.token_mask)
         return BlockCall(call.args, {**call.kwargs, "hidden_states": hidden}, call.token_mask)
-
-
-def _as_pair(call: BlockCall) -> tuple:
-    return call.args, call.kwargs
 
 
 def _site_inputs(site, calls: list[BlockCall], batches: list, teacher: list):
