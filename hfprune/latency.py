@@ -90,6 +90,13 @@ def measure_latency(
         {'dense': 0.0123, 'pruned': 0.0064}
         ```
     """
+    times = _timed_runs(models, inputs, runs, warmup)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+@torch.inference_mode()
+def _timed_runs(models: dict[str, nn.Module], inputs: dict, runs: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of every timed pass of each model, the models alternating within each run."""
     device = next(iter(inputs.values())).device
     # CUDA kernels run asynchronously: a timing must wait until they are done.
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -105,7 +112,7 @@ def measure_latency(
             model(**inputs)
             synchronize()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 # Floor of a structure's seconds per FLOP, as a share of the whole model's mean: a timing lost in noise must not
@@ -151,7 +158,7 @@ def _half_removed(site) -> list[int]:
 
 
 def profile_latency(
-    model: nn.Module, counts: ModelCount, structures, batch_size: int = 1, runs: int = 10
+    model: nn.Module, counts: ModelCount, structures, batch_size: int = 1, runs: int = 20
 ) -> LatencyProfile:
     """Fit a `LatencyProfile` of `model` by timing it against copies with half of each structure removed.
 
@@ -185,11 +192,14 @@ def profile_latency(
                 continue
             half = copy.deepcopy(model)
             removers[structure](half, removals)
-            times = measure_latency({"dense": model, "half": half}, inputs, runs=runs)
+            times = _timed_runs({"dense": model, "half": half}, inputs, runs, warmup=2)
             removed_flops = counts.flops - count(half, **lengths).flops
             del half
-            dense_times.append(times["dense"])
-            rates[structure] = max(times["dense"] - times["half"], 0.0) / max(removed_flops, 1)
+            dense_times += times["dense"]
+            # The median of paired differences (the two models timed back to back) resists machine noise far
+            # better than a difference of two medians.
+            saved = statistics.median(d - h for d, h in zip(times["dense"], times["half"], strict=True))
+            rates[structure] = max(saved, 0.0) / max(removed_flops, 1)
         seconds = statistics.median(dense_times) if dense_times else measure_latency({"dense": model}, inputs)["dense"]
     finally:
         model.train(was_training)
