@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .arch import STRUCTURE_OF_KIND
-from .flops import ModelCount, SiteCount
 from .errors import CalibrationError
+from .flops import ModelCount, SiteCount
 from .importance import Scores
 from .recipe import Recipe, RecipeError
 
