@@ -193,8 +193,8 @@ def summarize(
     kinds = {n: n.rsplit(".", 1)[1] for n in before_units} | {n: s.kind for n, s in renamed.items()}
     order = sorted({*before_units, *renamed}, key=_model_order)
     kept = {n: (before_units.get(n), renamed[n].units if n in renamed else 0) for n in order}
-    recipe = getattr(getattr(report, "recipe", None), "to_dict", None)
-    recipe = recipe() if recipe else record.recipe
+    to_dict = getattr(getattr(report, "recipe", None), "to_dict", None)
+    recipe = to_dict() if to_dict else record.recipe
     if not metrics and digest.get("latency_s") and None not in digest["latency_s"]:
         # A latency budget's own timings (random inputs at the budget's lengths), shown until the caller measures.
         label = f"latency (ms, batch {(recipe or {}).get('latency_batch_size', 1)})"
