@@ -83,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fractions", default="0.7,0.6,0.5,0.4", help="FLOPs fractions to keep")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"subset of {list(METHODS)}")
     parser.add_argument("--num-samples", type=int, default=512, help="calibration examples (from train)")
+    parser.add_argument("--calibration-seeds", default="0",
+                        help="seeds of the calibration draws from train; with several, every method prunes once per "
+                             "draw and the table gives the mean accuracy and its range (speed: the first draw's model)")
     parser.add_argument("--calibration-batch-size", type=int, default=32)
     parser.add_argument("--model-dir", default="out/minilm-fortunes", help="cache of the fine-tuned dense model")
     parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs of the dense model")
@@ -92,8 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def calibration_batches(data, tokenizer, args) -> list[dict]:
-    subset = data["train"].shuffle(seed=0).select(range(min(args.num_samples, len(data["train"]))))
+def calibration_batches(data, tokenizer, args, seed: int = 0) -> list[dict]:
+    subset = data["train"].shuffle(seed=seed).select(range(min(args.num_samples, len(data["train"]))))
     return list(fortunes.batches(subset, tokenizer, args.calibration_batch_size, with_labels=True, by_length=True))
 
 
@@ -108,31 +111,34 @@ def run(args) -> list[dict]:
     data = fortunes.load_fortunes()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dense = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    calibration = calibration_batches(data, tokenizer, args)
+    seeds = [int(s) for s in args.calibration_seeds.split(",")]
+    draws = {seed: calibration_batches(data, tokenizer, args, seed) for seed in seeds}
     seq_len = mean_test_length(data, tokenizer)
     dense_flops = hfprune.count(dense, seq_len=seq_len).flops
     dense_accuracy = fortunes.evaluate_accuracy(dense, data["test"], tokenizer)
-    samples = sum(len(b["input_ids"]) for b in calibration)
+    samples = sum(len(b["input_ids"]) for b in draws[seeds[0]])
     print(f"dense: test accuracy {dense_accuracy:.4f}, {dense_flops / 1e9:.3f} GFLOPs at {seq_len} tokens, "
-          f"calibration {samples} samples", flush=True)
+          f"calibration {samples} samples, draws {seeds}", flush=True)
     rows = [{"method": "dense", "fraction": 1.0, "flops_kept": 1.0, "accuracy": dense_accuracy, "speedup": 1.0,
              "prune_s": 0.0, "samples": 0}]
     methods = args.methods.split(",")
     for fraction in [float(f) for f in args.fractions.split(",")]:
         pruned = {}
         for name in methods:
-            model = copy.deepcopy(dense)
-            start = time.perf_counter()
-            METHODS[name](model, fraction, calibration, seq_len)
-            elapsed = time.perf_counter() - start
-            model.eval()
-            accuracy = fortunes.evaluate_accuracy(model, data["test"], tokenizer)
-            flops_kept = hfprune.count(model, seq_len=seq_len).flops / dense_flops
-            pruned[name] = model
-            rows.append({"method": name, "fraction": fraction, "flops_kept": flops_kept, "accuracy": accuracy,
-                         "prune_s": elapsed, "samples": samples})
-            print(f"{fraction:.0%} {name:<32} acc {accuracy:.4f}  FLOPs kept {flops_kept:.3f}  {elapsed:.1f}s",
-                  flush=True)
+            accuracies, seconds = [], []
+            for seed in seeds:
+                model = copy.deepcopy(dense)
+                start = time.perf_counter()
+                METHODS[name](model, fraction, draws[seed], seq_len)
+                seconds.append(time.perf_counter() - start)
+                model.eval()
+                accuracies.append(fortunes.evaluate_accuracy(model, data["test"], tokenizer))
+                pruned.setdefault(name, model)  # the first draw's model is the one timed
+                print(f"{fraction:.0%} {name:<32} draw {seed} acc {accuracies[-1]:.4f}  {seconds[-1]:.1f}s", flush=True)
+            flops_kept = hfprune.count(pruned[name], seq_len=seq_len).flops / dense_flops
+            rows.append({"method": name, "fraction": fraction, "flops_kept": flops_kept,
+                         "accuracy": sum(accuracies) / len(accuracies), "accuracies": accuracies,
+                         "prune_s": max(seconds), "samples": samples})
         timed = fortunes.measure_speedups(
             {"dense": dense, **pruned}, tokenizer, data["test"]["text"], batch_size=args.latency_batch_size,
             repeats=args.repeats,
@@ -154,8 +160,10 @@ def markdown(rows: list[dict], args) -> str:
     ]
     for row in rows[1:]:
         efficiency = row["speedup"] * row["flops_kept"]
+        accuracies = row.get("accuracies", [])
+        spread = f" ({min(accuracies):.1%}–{max(accuracies):.1%}, {len(accuracies)} draws)" if accuracies[1:] else ""
         lines.append(
-            f"| {row['method']} | {row['flops_kept']:.3f} | {row['accuracy']:.2%} | "
+            f"| {row['method']} | {row['flops_kept']:.3f} | {row['accuracy']:.2%}{spread} | "
             f"{(row['accuracy'] - dense['accuracy']) * 100:+.1f} | {row['speedup']:.2f}x | {efficiency:.2f} | "
             f"{row['prune_s']:.1f} s | {row['samples']} |"
         )
