@@ -98,6 +98,9 @@ class PruningCallback(TrainerCallback):
             encoder-decoders (Whisper) the decoder's, i.e. the mean label length in tokens.
         encoder_seq_len: encoder-decoders only: the encoder's length for the budget (default: the recipe's
             `encoder_seq_len`, else `seq_len`; Whisper's encoder always sees 1500 frames).
+        teacher: the model to distill from when the recipe has `distill` settings (default: a frozen copy of the
+            model at train begin). Pass the original model when the one being trained was already pruned, e.g.
+            one-shot by `hfprune.prune`: a copy of it would only teach what is left.
 
     Example:
         ```python
@@ -108,8 +111,17 @@ class PruningCallback(TrainerCallback):
         ```
     """
 
-    def __init__(self, recipe: Recipe | dict, seq_len: int | None = None, encoder_seq_len: int | None = None):
+    def __init__(
+        self,
+        recipe: Recipe | dict,
+        seq_len: int | None = None,
+        encoder_seq_len: int | None = None,
+        teacher: torch.nn.Module | None = None,
+    ):
         self.recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
+        if teacher is not None and self.recipe.distill is None:
+            raise RecipeError("PruningCallback got a teacher, but the recipe has no `distill` settings to use it with")
+        self.teacher = teacher
         self.metric = next(iter(self.recipe.target))
         self.weights = _training_weight_settings(self.recipe)  # None unless the recipe sparsifies weights alone
         self.weight_masks: WeightMasks | None = None
@@ -150,9 +162,11 @@ class PruningCallback(TrainerCallback):
         final = 1 - self.weights.sparsity if self.weights is not None else self.recipe.target[self.metric]
         self.schedule = resolve_schedule(self.recipe.schedule, final, state.max_steps)
         saved = self._saved_state(args, state)
-        # The teacher is copied before any gate or weight mask exists, so it stays the dense model.
+        # A default teacher is copied before any gate or weight mask exists, so it stays the dense model.
         if self.recipe.distill is not None:
-            self.distiller = Distiller(model, distill_settings(self.recipe.distill))
+            if self.teacher is not None:
+                self.teacher.to(next(model.parameters()).device)  # the Trainer placed the student, not the teacher
+            self.distiller = Distiller(model, distill_settings(self.recipe.distill), teacher=self.teacher)
         if self.weights is not None:
             self.weight_masks = WeightMasks(model, self.weights)  # the zeros already there stay
             self.metrics = saved["metrics"] if saved is not None else {"hfprune/weight_sparsity": 0.0}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import transformers
@@ -28,12 +30,12 @@ class RandomTopics(torch.utils.data.Dataset):
                 "labels": self.labels[index]}
 
 
-def train(model, recipe, tmp_path, steps=12, **kwargs):
+def train(model, recipe, tmp_path, steps=12, teacher=None, **kwargs):
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=8, learning_rate=1e-3,
         logging_steps=2, save_strategy="no", report_to=[], use_cpu=True, **kwargs,
     )
-    callback = hfprune.PruningCallback(recipe, seq_len=10)
+    callback = hfprune.PruningCallback(recipe, seq_len=10, teacher=teacher)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=RandomTopics(), callbacks=[callback])
     trainer.train()
     return trainer, callback
@@ -116,6 +118,23 @@ def test_distillation_blends_teacher_into_the_training_loss(tmp_path):
     # (transformers installs its own forward hooks on layers to record hidden states; ours are on the model.)
     assert callback.distiller is None and not model._forward_hooks and not model._forward_pre_hooks
     assert not any(m._forward_pre_hooks for m in model.modules())
+
+
+def test_distillation_from_a_given_teacher(tmp_path):
+    """A model pruned before training learns from the original model passed as teacher, not from its own copy."""
+    original = build("bert")
+    model = copy.deepcopy(original)
+    hfprune.remove_neurons(model, {"encoder.0.ffn": list(range(8))})
+    before = {k: v.clone() for k, v in original.state_dict().items()}
+    calls = []
+    original.register_forward_hook(lambda module, args, output: calls.append(output.logits))
+    recipe = hfprune.Recipe(target={"flops": 0.6}, distill={"alpha": 1.0, "temperature": 2.0},
+                            schedule={"type": "oneshot", "start": 2})
+    train(model, recipe, tmp_path, steps=4, teacher=original)
+    assert len(calls) == 4  # one teacher pass per training step
+    assert all(torch.equal(before[k], v) for k, v in original.state_dict().items())  # the teacher only teaches
+    with pytest.raises(hfprune.RecipeError, match="got a teacher, but the recipe has no `distill` settings"):
+        hfprune.PruningCallback(hfprune.Recipe(target={"flops": 0.6}), teacher=original)
 
 
 # Training mode without randomness (dropout, LayerDrop, SpecAugment), so two forward passes are comparable.
