@@ -9,7 +9,9 @@ squared gate gradients per optimizer step; Taylor: sum of |gradient|), or from t
 al. 2020: sum over steps of -dL/dW * W per head and neuron; magnitude: read when needed). On the recipe's
 schedule the budget search of one-shot pruning picks the units to keep; gates of the others go to 0 and stay
 there (their units' output is exactly zero through every later optimizer step). At train end the zero-gated
-units are removed physically, so the saved model is small.
+units are removed physically, so the saved model is small; with `schedule.shrink` that happens at the step it
+names instead (single process), the optimizer's state sliced like the weights (`optimizer_state.py`), so the
+rest of training runs on the small model.
 
 With `distill` in the recipe, a frozen copy of the dense model teaches the pruned one (see `distill.py`).
 
@@ -46,7 +48,9 @@ from .arch import prepared_adapter
 from .distill import Distiller, distill_settings
 from .flops import count
 from .importance import Scores, compute_scores, movement_step
+from .linear import replacements
 from .masks import SoftMasks, WeightMasks
+from .optimizer_state import follow_surgery
 from .recipe import Recipe, RecipeError
 from .record import ensure_record
 from .schedule import resolve_schedule
@@ -149,6 +153,7 @@ class PruningCallback(TrainerCallback):
         self.plan: Plan | None = None
         self.metrics: dict[str, float] = {}
         self.accumulated: dict[str, torch.Tensor] = {}
+        self.shrunk = False  # pruned units already removed physically (schedule.shrink)
 
     # ---------------------------------------------------------------------------------------------- events
 
@@ -161,7 +166,21 @@ class PruningCallback(TrainerCallback):
         # The weights schedule runs on the kept density, like the structured one on the kept FLOPs/params.
         final = 1 - self.weights.sparsity if self.weights is not None else self.recipe.target[self.metric]
         self.schedule = resolve_schedule(self.recipe.schedule, final, state.max_steps)
+        if self.schedule.shrink is not None:
+            if self.weights is not None:
+                raise RecipeError("schedule.shrink removes pruned heads and neurons; a weights recipe has none")
+            if args.world_size > 1:
+                raise RecipeError(
+                    "schedule.shrink needs a single process: under DDP the parameters are registered with the "
+                    "data-parallel wrapper, which surgery cannot change. Leave it out: the model shrinks at train end"
+                )
         saved = self._saved_state(args, state)
+        self.shrunk = bool(saved and saved.get("shrunk"))
+        if self.shrunk and self.recipe.distill is not None and self.teacher is None:
+            raise RecipeError(
+                "this checkpoint was written after schedule.shrink, so the model holds no dense copy to teach it: "
+                "pass the dense model, PruningCallback(recipe, teacher=dense)"
+            )
         # A default teacher is copied before any gate or weight mask exists, so it stays the dense model.
         if self.recipe.distill is not None:
             if self.teacher is not None:
@@ -175,6 +194,9 @@ class PruningCallback(TrainerCallback):
             logger.warning("PruningCallback: no encoder_seq_len for %s; its encoder is counted at seq_len=%d, which "
                            "skews the FLOPs budget (Whisper: set encoder_seq_len: 1500)", type(model).__name__,
                            self.seq_len)
+        if self.shrunk:  # nothing is left to prune: the rest is plain training
+            self.metrics = saved["metrics"]
+            return
         self.dense = count(model, seq_len=self.seq_len, encoder_seq_len=self.encoder_seq_len)
         gradients = self.recipe.criterion in ("fisher", "taylor")
         self.masks = SoftMasks(model, requires_grad=gradients).attach()
@@ -215,9 +237,11 @@ class PruningCallback(TrainerCallback):
         target = self.schedule.target_at(state.global_step)
         if target is not None and (target < 1 or self.plan is not None):  # a cubic schedule starts at "keep all"
             self._prune_to(model, target)
+        if state.global_step == self.schedule.shrink:
+            self._shrink(model, kwargs.get("optimizer"))
 
     def on_save(self, args, state, control, **kwargs):
-        if (self.masks is None and self.weight_masks is None) or not args.should_save:
+        if (self.masks is None and self.weight_masks is None and not self.shrunk) or not args.should_save:
             return
         directory = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         # Weight masks need no saving: the checkpoint's zeros are the masks when training resumes.
@@ -229,6 +253,7 @@ class PruningCallback(TrainerCallback):
             "gates": gates,
             "accumulated": {n: a.cpu().tolist() for n, a in self.accumulated.items()},
             "metrics": self.metrics,
+            "shrunk": self.shrunk,
         }
         if directory.is_dir():
             (directory / CALLBACK_STATE).write_text(json.dumps(payload))
@@ -241,8 +266,6 @@ class PruningCallback(TrainerCallback):
                 state.log_history[-1].update(self.metrics)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if self.masks is None and self.weight_masks is None:
-            return
         if self.distiller is not None:
             self.distiller.detach()
             self.distiller = None
@@ -250,14 +273,22 @@ class PruningCallback(TrainerCallback):
             self.weight_masks.apply()
             self.weight_masks = None
             ensure_record(model).recipe = self.recipe.to_dict()
-            return
+        elif self.masks is not None:
+            self._shrink(model)
+
+    @torch.no_grad()
+    def _shrink(self, model, optimizer=None) -> None:
+        """Remove the zero-gated units physically; an optimizer passed in goes on training what is left."""
         heads, neurons = self.masks.zeros()
         self.masks.remove()
-        self.masks = None
-        remove_heads(model, heads)
-        remove_neurons(model, neurons)
-        record = ensure_record(model)
-        record.recipe = self.recipe.to_dict()
+        self.masks, self.accumulated = None, {}
+        with replacements() as replaced:
+            remove_heads(model, heads)
+            remove_neurons(model, neurons)
+        if optimizer is not None:
+            follow_surgery(optimizer, model, replaced)
+        ensure_record(model).recipe = self.recipe.to_dict()
+        self.shrunk = True
 
     def _run_before_reporters(self) -> None:
         """Move this callback to the front of the Trainer's callback list.

@@ -7,6 +7,8 @@ replaced, with the same dtype, device and `requires_grad`.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
@@ -39,9 +41,35 @@ def in_features(module: nn.Module) -> int:
     return module.weight.shape[in_dim]
 
 
-def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
+# Open `replacements()` logs; every parameter the primitive replaces is entered into each.
+_LOGS: list[dict] = []
+
+
+@contextmanager
+def replacements():
+    """Log, while active, every parameter the primitive replaces: new parameter -> (old parameter, dim, kept
+    indices along dim). What belongs to the old parameter (an optimizer's moments) can then be sliced alike.
+
+    Example:
+        ```python
+        >>> with replacements() as log:
+        ...     hfprune.remove_neurons(model, {"encoder.0.ffn": [5, 9]})
+        ```
+    """
+    log: dict = {}
+    _LOGS.append(log)
+    try:
+        yield log
+    finally:
+        _LOGS.remove(log)
+
+
+def _replace(module: nn.Module, name: str, dim: int, keep: torch.Tensor) -> None:
     old = getattr(module, name)
-    setattr(module, name, nn.Parameter(value.contiguous(), requires_grad=old.requires_grad))
+    new = nn.Parameter(old.index_select(dim, keep).contiguous(), requires_grad=old.requires_grad)
+    setattr(module, name, new)
+    for log in _LOGS:
+        log[new] = (old, dim, keep)
 
 
 @torch.no_grad()
@@ -49,9 +77,9 @@ def keep_outputs(module: nn.Module, keep: torch.Tensor) -> None:
     """Keep only the output features `keep` (indices, in order) of `module`."""
     out_dim, _, out_attr, _ = _layout(module)
     keep = keep.to(module.weight.device)
-    _replace(module, "weight", module.weight.index_select(out_dim, keep))
+    _replace(module, "weight", out_dim, keep)
     if module.bias is not None:
-        _replace(module, "bias", module.bias.index_select(0, keep))
+        _replace(module, "bias", 0, keep)
     setattr(module, out_attr, len(keep))
 
 
@@ -60,7 +88,7 @@ def keep_inputs(module: nn.Module, keep: torch.Tensor) -> None:
     """Keep only the input features `keep` (indices, in order) of `module`; the bias is untouched."""
     _, in_dim, _, in_attr = _layout(module)
     keep = keep.to(module.weight.device)
-    _replace(module, "weight", module.weight.index_select(in_dim, keep))
+    _replace(module, "weight", in_dim, keep)
     setattr(module, in_attr, len(keep))
 
 
@@ -68,11 +96,11 @@ def keep_inputs(module: nn.Module, keep: torch.Tensor) -> None:
 def keep_along(module: nn.Module, name: str, dim: int, keep: torch.Tensor) -> None:
     """Keep entries `keep` along `dim` of the parameter or buffer `name` of `module` (per-head tensors)."""
     tensor = getattr(module, name)
-    sliced = tensor.index_select(dim, keep.to(tensor.device))
+    keep = keep.to(tensor.device)
     if isinstance(tensor, nn.Parameter):
-        _replace(module, name, sliced)
+        _replace(module, name, dim, keep)
     else:
-        setattr(module, name, sliced)
+        setattr(module, name, tensor.index_select(dim, keep))
 
 
 def weight_out_in(module: nn.Module) -> torch.Tensor:

@@ -14,13 +14,16 @@ import torch.nn as nn
 class BiasOnly(nn.Module):
     """An output projection with no inputs left: returns its bias (or zeros) at every position.
 
-    The parameter keeps the name `bias`, so the state-dict key is the one the original projection had.
+    The parameter keeps the name `bias`, so the state-dict key is the one the original projection had. A
+    parameter passed in is taken over as it is, so an optimizer that holds it keeps training it.
     """
 
     def __init__(self, out_features: int, bias: torch.Tensor | None):
         super().__init__()
         self.out_features = out_features
-        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad) if bias is not None else None
+        if bias is not None and not isinstance(bias, nn.Parameter):
+            bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+        self.bias = bias
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = (*hidden_states.shape[:-1], self.out_features)

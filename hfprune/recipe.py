@@ -116,8 +116,9 @@ class Recipe:
         None,
     )
     schedule: dict | None = _help(
-        "PruningCallback only: {type: oneshot|cubic, start, end, every}; steps, or fractions of training as "
-        "floats. Default: one-shot after the first step.",
+        "PruningCallback only: {type: oneshot|cubic, start, end, every, shrink}; steps, or fractions of training as "
+        "floats. `shrink`: remove the pruned units physically after that step (the rest of training runs on the "
+        "small model; single process), instead of at train end. Default: one-shot after the first step.",
         None,
     )
 

@@ -2,8 +2,10 @@
 ("To prune, or not to prune"): kept_t = final + (1 - final) * (1 - (t - start) / (end - start))^3, re-pruning
 every `every` steps from `start` to `end`.
 
-A recipe's `schedule` field: `{type: oneshot|cubic, start, end, every}`; `start`/`end` are steps, or fractions
-of the training steps when given as floats in [0, 1].
+A recipe's `schedule` field: `{type: oneshot|cubic, start, end, every, shrink}`; `start`/`end`/`shrink` are
+steps, or fractions of the training steps when given as floats in [0, 1]. `shrink` (at or after `end`) is the
+step after which the pruned units are removed physically, so the rest of training runs on the small model;
+without it they are removed when training ends.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 from .recipe import RecipeError
 
-SCHEDULE_KEYS = ("type", "start", "end", "every")
+SCHEDULE_KEYS = ("type", "start", "end", "every", "shrink")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class Schedule:
     end: int
     every: int
     final: float
+    shrink: int | None = None  # None: at train end
 
     def target_at(self, step: int) -> float | None:
         """The kept fraction to enforce after optimizer step `step`, or None when no pruning happens then."""
@@ -67,4 +70,12 @@ def resolve_schedule(spec: dict | None, final: float, total_steps: int) -> Sched
         raise RecipeError(
             f"schedule step {end if end > total_steps else start} is outside the training run (steps 1..{total_steps})"
         )
-    return Schedule(kind, max(start, 1), max(end, 1), every, final)
+    shrink = spec.get("shrink")
+    if shrink is not None:
+        shrink = _steps("shrink", shrink, total_steps)
+        if not max(end, 1) <= shrink <= total_steps:
+            raise RecipeError(
+                f"schedule.shrink (step {shrink}) must lie between the last pruning step ({max(end, 1)}) and the end "
+                f"of training (step {total_steps})"
+            )
+    return Schedule(kind, max(start, 1), max(end, 1), every, final, shrink)

@@ -442,3 +442,94 @@ def test_distillation_without_a_copyable_teacher_fails_at_train_begin(tmp_path):
     with pytest.raises(hfprune.RecipeError, match="distillation needs a copy of the dense model as teacher"):
         train(model, recipe, tmp_path)
     assert not model._forward_pre_hooks and not any(m._forward_pre_hooks for m in model.modules())
+
+
+# ------------------------------------------------------------------------------ shrinking during training
+
+
+def _shrink_run(output_dir, shrink=None, steps=12, save_steps=None, resume=False, model=None, teacher=None,
+                extra=(), distill=None):
+    """Gradual pruning to half the FLOPs over steps 2..6 of a dropout-free tiny BERT (dropout would draw different
+    random numbers once the shapes change), shrunk at `shrink` or at train end."""
+    schedule = {"type": "cubic", "start": 2, "end": 6, "every": 2, **({"shrink": shrink} if shrink else {})}
+    recipe = hfprune.Recipe(target={"flops": 0.5}, round_neurons=4, schedule=schedule, distill=distill)
+    model = model if model is not None else build("bert", **NO_DROPOUT["bert"])
+    args = transformers.TrainingArguments(
+        output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=8, learning_rate=1e-3,
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, report_to=[], use_cpu=True,
+        seed=0,
+    )
+    callback = hfprune.PruningCallback(recipe, seq_len=10, teacher=teacher)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=RandomTopics(), callbacks=[callback, *extra])
+    trainer.train(resume_from_checkpoint=resume or None)
+    return model, trainer
+
+
+def _assert_same_weights(model, expected_model, atol=1e-5):
+    expected = expected_model.state_dict()
+    for name, tensor in model.state_dict().items():
+        assert tensor.shape == expected[name].shape and torch.allclose(tensor, expected[name], atol=atol), name
+
+
+class ShapeAtStep(transformers.TrainerCallback):
+    """The FFN width of layer 0 after each optimizer step, and the optimizer's parameter count."""
+
+    def __init__(self):
+        self.widths, self.optimized = {}, {}
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.widths[state.global_step] = model.bert.encoder.layer[0].intermediate.dense.out_features
+        self.optimized[state.global_step] = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+
+
+def test_shrink_at_a_step_trains_the_small_model_to_the_same_weights(tmp_path):
+    at_end, _ = _shrink_run(tmp_path / "end")
+    shapes = ShapeAtStep()
+    early, trainer = _shrink_run(tmp_path / "early", shrink=6, extra=[shapes])
+    # Steps 7..12 ran on the small model, and the optimizer followed it ...
+    assert shapes.widths[5] == 37 and shapes.widths[6] == shapes.widths[12] < 37
+    assert shapes.optimized[6] == sum(p.numel() for p in early.parameters()) < shapes.optimized[5]
+    # ... with its moments sliced like the weights: the same model as pruning with masks and shrinking at the end.
+    _assert_same_weights(early, at_end)
+    assert hfprune.count(early, seq_len=10).flops <= 0.5 * hfprune.count(build("bert"), seq_len=10).flops
+
+
+def test_resume_after_the_shrink(tmp_path):
+    uninterrupted, _ = _shrink_run(tmp_path / "a", shrink=6, distill={"alpha": 0.5})
+    dense = build("bert", **NO_DROPOUT["bert"])
+    _shrink_run(tmp_path / "b", shrink=6, save_steps=8, extra=[StopAt(8)], distill={"alpha": 0.5},
+                teacher=copy.deepcopy(dense))
+    checkpoint = tmp_path / "b" / "checkpoint-8"
+    # The checkpoint holds the small model, so the run resumes from a model loaded from it; the dense teacher
+    # is no longer inside that model and must be passed.
+    with pytest.raises(hfprune.RecipeError, match=r"written after schedule.shrink.*teacher=dense"):
+        _shrink_run(tmp_path / "b", shrink=6, save_steps=8, resume=True, distill={"alpha": 0.5},
+                    model=hfprune.from_pretrained(checkpoint))
+    resumed, _ = _shrink_run(tmp_path / "b", shrink=6, save_steps=8, resume=True, distill={"alpha": 0.5},
+                             model=hfprune.from_pretrained(checkpoint), teacher=dense)
+    _assert_same_weights(resumed, uninterrupted, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        ({"type": "cubic", "start": 2, "end": 6, "shrink": 4}, r"schedule.shrink \(step 4\) must lie between"),
+        ({"type": "oneshot", "start": 2, "shrink": 20}, r"and the end of training \(step 12\)"),
+    ],
+)
+def test_bad_shrink_steps_are_named(schedule, message, tmp_path):
+    with pytest.raises(hfprune.RecipeError, match=message):
+        train(build("bert"), hfprune.Recipe(target={"flops": 0.5}, schedule=schedule), tmp_path)
+
+
+def test_shrink_refuses_several_processes_and_weight_recipes():
+    from types import SimpleNamespace
+
+    state = transformers.TrainerState(max_steps=12, global_step=0)
+    recipe = hfprune.Recipe(target={"flops": 0.5}, schedule={"type": "oneshot", "start": 2, "shrink": 4})
+    with pytest.raises(hfprune.RecipeError, match="schedule.shrink needs a single process"):
+        hfprune.PruningCallback(recipe).on_train_begin(SimpleNamespace(world_size=2), state, None, model=build("bert"))
+    weights = hfprune.Recipe(structures=["weights"], weights={"sparsity": 0.5},
+                             schedule={"type": "oneshot", "start": 2, "shrink": 4})
+    with pytest.raises(hfprune.RecipeError, match="a weights recipe has none"):
+        hfprune.PruningCallback(weights).on_train_begin(SimpleNamespace(world_size=1), state, None, model=build("bert"))

@@ -54,3 +54,28 @@ def test_gates_collect_gradients():
         grads = [g.grad for g in [*masks.heads.values(), *masks.neurons.values()]]
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
     assert masks.zeros() == ({n: [] for n in masks.heads}, {n: [] for n in masks.neurons})
+
+
+def test_optimizer_follows_surgery():
+    """After surgery an optimizer holds exactly the model's parameters, each with its moments sliced like it."""
+    from hfprune.linear import replacements
+    from hfprune.optimizer_state import follow_surgery
+
+    model = build("llama")  # GQA; layer 0 also loses every head, so its projections leave the model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    model(**inputs("llama"), labels=inputs("llama")["input_ids"]).loss.backward()
+    optimizer.step()
+    up = model.model.layers[1].mlp.up_proj.weight
+    moments = optimizer.state[up]["exp_avg"].clone()
+    with replacements() as replaced:
+        hfprune.remove_neurons(model, {"decoder.1.ffn": [0, 5, 9]})
+        hfprune.remove_heads(model, {"decoder.0.attention": list(range(4))})
+    follow_surgery(optimizer, model, replaced)
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    assert {id(p) for p in held} == {id(p) for p in model.parameters()} and len(held) == len(set(map(id, held)))
+    new_up = model.model.layers[1].mlp.up_proj.weight
+    kept = [n for n in range(37) if n not in (0, 5, 9)]
+    assert torch.equal(optimizer.state[new_up]["exp_avg"], moments[kept])
+    assert all(optimizer.state[p]["exp_avg"].shape == p.shape for p in held if p in optimizer.state)
+    optimizer.step()  # and it still steps
