@@ -170,10 +170,11 @@ class PruningCallback(TrainerCallback):
             if self.weights is not None:
                 raise RecipeError("schedule.shrink removes pruned heads and neurons; a weights recipe has none")
             if args.world_size > 1:
-                raise RecipeError(
-                    "schedule.shrink needs a single process: under DDP the parameters are registered with the "
-                    "data-parallel wrapper, which surgery cannot change. Leave it out: the model shrinks at train end"
-                )
+                # The model ends the same either way; only the time of the last steps differs.
+                logger.warning("PruningCallback: schedule.shrink needs a single process (DDP registers the parameters "
+                               "with its wrapper, which surgery cannot change); %d processes shrink at train end",
+                               args.world_size)
+                self.schedule = replace(self.schedule, shrink=None)
         saved = self._saved_state(args, state)
         self.shrunk = bool(saved and saved.get("shrunk"))
         if self.shrunk and self.recipe.distill is not None and self.teacher is None:
