@@ -169,11 +169,15 @@ class PruningCallback(TrainerCallback):
         if self.schedule.shrink is not None:
             if self.weights is not None:
                 raise RecipeError("schedule.shrink removes pruned heads and neurons; a weights recipe has none")
+            # Where shrinking early cannot work, the model shrinks at train end: the same model, only slower to train.
+            reason = None
             if args.world_size > 1:
-                # The model ends the same either way; only the time of the last steps differs.
-                logger.warning("PruningCallback: schedule.shrink needs a single process (DDP registers the parameters "
-                               "with its wrapper, which surgery cannot change); %d processes shrink at train end",
-                               args.world_size)
+                reason = (f"it needs a single process (DDP registers the parameters with its wrapper, which surgery "
+                          f"cannot change); {args.world_size} processes")
+            elif getattr(args, "load_best_model_at_end", False):
+                reason = "load_best_model_at_end may load a checkpoint from before the shrink, at the full size"
+            if reason:
+                logger.warning("PruningCallback: schedule.shrink is put off to train end: %s", reason)
                 self.schedule = replace(self.schedule, shrink=None)
         saved = self._saved_state(args, state)
         self.shrunk = bool(saved and saved.get("shrunk"))

@@ -522,14 +522,19 @@ def test_bad_shrink_steps_are_named(schedule, message, tmp_path):
         train(build("bert"), hfprune.Recipe(target={"flops": 0.5}, schedule=schedule), tmp_path)
 
 
-def test_shrink_falls_back_to_train_end_under_several_processes_and_refuses_weight_recipes(caplog):
+def test_shrink_falls_back_to_train_end_where_it_cannot_work_and_refuses_weight_recipes(caplog):
     from types import SimpleNamespace
 
     state = transformers.TrainerState(max_steps=12, global_step=0)
     recipe = hfprune.Recipe(target={"flops": 0.5}, schedule={"type": "oneshot", "start": 2, "shrink": 4})
     callback = hfprune.PruningCallback(recipe)
     callback.on_train_begin(SimpleNamespace(world_size=2), state, None, model=build("bert"))
-    assert callback.schedule.shrink is None and "2 processes shrink at train end" in caplog.text
+    assert callback.schedule.shrink is None and "put off to train end: it needs a single process" in caplog.text
+    callback.masks.remove()
+    callback = hfprune.PruningCallback(recipe)
+    callback.on_train_begin(SimpleNamespace(world_size=1, load_best_model_at_end=True), state, None,
+                            model=build("bert"))
+    assert callback.schedule.shrink is None and "load_best_model_at_end may load a checkpoint" in caplog.text
     callback.masks.remove()
     weights = hfprune.Recipe(structures=["weights"], weights={"sparsity": 0.5},
                              schedule={"type": "oneshot", "start": 2, "shrink": 4})
