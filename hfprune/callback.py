@@ -174,7 +174,7 @@ class PruningCallback(TrainerCallback):
             if args.world_size > 1:
                 reason = (f"it needs a single process (DDP registers the parameters with its wrapper, which surgery "
                           f"cannot change); {args.world_size} processes")
-            elif getattr(args, "load_best_model_at_end", False):
+            elif args.load_best_model_at_end:
                 reason = "load_best_model_at_end may load a checkpoint from before the shrink, at the full size"
             if reason:
                 logger.warning("PruningCallback: schedule.shrink is put off to train end: %s", reason)
