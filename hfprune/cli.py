@@ -55,15 +55,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def prune_command(args: argparse.Namespace) -> None:
-    from .card import write_card
-    from .io import from_pretrained, save_pretrained
-    from .prune import prune
+    from .checkpoint import from_pretrained, save_pretrained
+    from .publish.card import write_card
+    from .publish.summary import summarize
     from .recipe import Recipe
-    from .summary import summarize
+    from .structured.prune import prune
 
     recipe = Recipe.load(args.recipe)  # before anything heavy: a bad recipe fails in a second
     if args.push_to_hub:
-        from .hub import check_repo_id, resolve_token
+        from .publish.hub import check_repo_id, resolve_token
 
         check_repo_id(args.push_to_hub)  # a bad id or no token: say so now, not after pruning
         resolve_token(None)
@@ -80,7 +80,7 @@ def prune_command(args: argparse.Namespace) -> None:
     write_card(out, summarize(model, report=report, base_model=base_model), args.push_to_hub or str(out))
     print(f"saved to {out} (reload with hfprune.from_pretrained({str(out)!r}))")
     if args.push_to_hub:
-        from .hub import upload_folder
+        from .publish.hub import upload_folder
 
         url = upload_folder(out, args.push_to_hub, private=args.private or None)
         print(f"pushed to {args.push_to_hub}: {url}")
@@ -89,13 +89,13 @@ def prune_command(args: argparse.Namespace) -> None:
 def _calibration(args: argparse.Namespace, model, recipe) -> tuple[list, list]:
     """Calibration batches from `--data`, and what made them (tokenizer, or feature extractor [+ tokenizer]), to
     save beside the pruned model. The model's input decides text or audio, not the look of the data."""
-    from .audio import is_audio_model
+    from .calibration.audio import is_audio_model
 
     if is_audio_model(model):
         return _audio_calibration(args, model, recipe)
     import transformers
 
-    from .data import load_dataset, text_batches
+    from .calibration.data import load_dataset, text_batches
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
     batches = text_batches(
@@ -112,7 +112,7 @@ def _calibration(args: argparse.Namespace, model, recipe) -> tuple[list, list]:
 
 
 def _audio_calibration(args: argparse.Namespace, model, recipe) -> tuple[list, list]:
-    from .audio import audio_batches, audio_clips, load_feature_extractor, takes_class_labels
+    from .calibration.audio import audio_batches, audio_clips, load_feature_extractor, takes_class_labels
 
     feature_extractor = load_feature_extractor(args.model)  # first: a missing one fails before any audio is read
     labelled = takes_class_labels(model)
@@ -135,9 +135,9 @@ def _optional_tokenizer(model_path: str) -> list:
     empty Whisper tokenizer from the config alone, which must not be saved as if it were the model's."""
     import transformers
 
-    from .io import _local_directory
+    from .checkpoint import local_directory
 
-    directory = _local_directory(model_path, None, None)
+    directory = local_directory(model_path, None, None)
     if not any((directory / name).exists() for name in ("tokenizer_config.json", "tokenizer.json")):
         return []
     return [transformers.AutoTokenizer.from_pretrained(directory)]
@@ -145,9 +145,9 @@ def _optional_tokenizer(model_path: str) -> list:
 
 def _checkpoint(path_or_id: str) -> Path:
     """The local directory of a pruned checkpoint, or a CheckpointError saying what is missing."""
-    from .io import PRUNING_CONFIG, _local_directory
+    from .checkpoint import PRUNING_CONFIG, local_directory
 
-    directory = _local_directory(path_or_id, None, None)
+    directory = local_directory(path_or_id, None, None)
     if not (directory / "config.json").exists():
         raise CheckpointError(
             f"{path_or_id} is not a checkpoint: it has no config.json (expected a directory written by "
@@ -162,11 +162,11 @@ def _checkpoint(path_or_id: str) -> Path:
 
 
 def report_command(args: argparse.Namespace) -> None:
-    from .console import print_summary
-    from .io import from_pretrained
-    from .latency import dummy_inputs, measure_latency
-    from .lengths import decoder_length, input_length
-    from .summary import summarize
+    from .calibration.lengths import decoder_length, input_length
+    from .checkpoint import from_pretrained
+    from .cost.latency import dummy_inputs, measure_latency
+    from .publish.console import print_summary
+    from .publish.summary import summarize
 
     directory = _checkpoint(args.checkpoint)
     notes = []
@@ -191,7 +191,7 @@ def report_command(args: argparse.Namespace) -> None:
         summary = summarize(from_pretrained(directory, device="meta"), seq_len=args.seq_len)
     print_summary(summary, notes=notes)
     if args.plot:
-        from .plot import plot_kept
+        from .publish.plot import plot_kept
 
         print(f"plot written to {plot_kept(summary, args.plot)}")
 

@@ -13,8 +13,16 @@ class PruningSpecError(HfpruneError, ValueError):
     """A request to remove heads, neurons or layers that cannot be honoured (bad index, broken GQA ratio...)."""
 
 
+class RecipeError(HfpruneError, ValueError):
+    """A recipe with unknown, missing or ill-typed fields, or a budget that cannot be met."""
+
+
 class CalibrationError(HfpruneError, ValueError):
     """Calibration data that cannot drive the chosen criterion."""
+
+
+class DataError(HfpruneError, ValueError):
+    """Calibration data that cannot be found, read or turned into batches."""
 
 
 class CheckpointError(HfpruneError, ValueError):

@@ -12,40 +12,33 @@ num_samples: 512
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import HfpruneError
+from .errors import RecipeError
+from .registry import CRITERIA
+from .settings import DistillSettings, ScheduleSettings, Target, WeightSettings
+from .settings import help_field as _help
 
-TARGET_FRACTIONS = ("flops", "params", "latency")
-TARGET_COUNTS = ("heads", "neurons")
 STRUCTURES = ("heads", "neurons", "channels", "layers", "weights")
-
-
-class RecipeError(HfpruneError, ValueError):
-    """A recipe with unknown, missing or ill-typed fields, or a budget that cannot be met."""
-
-
-def _help(text: str, default: Any = MISSING, default_factory: Any = MISSING):
-    if default_factory is not MISSING:
-        return field(default_factory=default_factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
+# The nested settings: recipe field -> its typed class (read from, and written back as, mappings).
+_SETTINGS = {"target": Target, "weights": WeightSettings, "distill": DistillSettings, "schedule": ScheduleSettings}
 
 
 @dataclass
 class Recipe:
     """A pruning recipe. Every field has a help text: `Recipe.help()` prints them."""
 
-    target: dict = _help(
+    target: Target = _help(
         "Budget. One fraction to keep, of the prunable FLOPs (`flops`, attention + FFN at the calibration data's "
         "mean length; for encoder-decoders, encoder + decoder per utterance; plus the conv feature encoder and "
         "feature projection when `channels` are pruned), of all parameters (`params`), or of the forward pass's "
         "measured time on this machine (`latency`, at `latency_batch_size`; one-shot `prune` only), in (0, 1]; "
-        "or absolute kept counts `heads` and/or `neurons` over the whole model.",
-        default_factory=lambda: {"flops": 0.6},
+        "or absolute kept counts `heads` and/or `neurons` over the whole model. See `hfprune.settings.Target`.",
+        default_factory=lambda: Target(flops=0.6),
     )
     structures: list = _help(
         "What may be removed: any of heads, neurons, channels, layers, weights. `channels` are the output channels "
@@ -103,58 +96,42 @@ class Recipe:
         False,
     )
     sites: list | None = _help("Prune only sites whose name starts with one of these (e.g. [encoder]).", None)
-    distill: dict | None = _help(
+    distill: DistillSettings | None = _help(
         "PruningCallback only: distil from the dense model, {alpha: 0.5, temperature: 2.0, hidden: 0.0} "
         "(weight of the KL term, softmax temperature, weight of hidden-state MSE).",
         None,
     )
-    weights: dict | None = _help(
-        "With structures `weights`: {sparsity: 0.5, pattern: unstructured | 'N:M', criterion: magnitude | wanda | "
+    weights: WeightSettings | None = _help(
+        "With structures `weights` (filled with the defaults when not given): {sparsity: 0.5, pattern: unstructured | 'N:M', criterion: magnitude | wanda | "
         "sparsegpt, scope: layer | global, block_size: 128}. `N:M` zeroes N of every M consecutive inputs "
         "('2:4' for sparse tensor cores) and implies the sparsity; `global` (magnitude only) uses one threshold "
         "over all layers; block_size is SparseGPT's column block.",
         None,
     )
-    schedule: dict | None = _help(
+    schedule: ScheduleSettings | None = _help(
         "PruningCallback only: {type: oneshot|cubic, start, end, every, shrink}; steps, or fractions of training as "
         "floats. `shrink`: remove the pruned units physically after that step (the rest of training runs on the "
         "small model; single process), instead of at train end. Default: one-shot after the first step.",
         None,
     )
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Nested settings are typed whichever way they arrive: built, loaded, `replace`d or assigned later.
+        if name in _SETTINGS and (value is not None or name == "target"):
+            value = _SETTINGS[name].from_value(value)
+        super().__setattr__(name, value)
+
     def __post_init__(self):
         for f in fields(self):
-            _check_type(f.name, getattr(self, f.name), f.type)
-        self.target = dict(self.target)
-        unknown = set(self.target) - set(TARGET_FRACTIONS + TARGET_COUNTS)
-        if unknown:
-            raise RecipeError(
-                f"unknown target key(s) {sorted(unknown)}; use one of {TARGET_FRACTIONS} or counts {TARGET_COUNTS}"
-            )
-        fractions = [k for k in TARGET_FRACTIONS if k in self.target]
-        counts = [k for k in TARGET_COUNTS if k in self.target]
-        if len(fractions) > 1 or (fractions and counts) or not (fractions or counts):
-            raise RecipeError(
-                f"target must give exactly one of {TARGET_FRACTIONS}, or kept counts {TARGET_COUNTS}; got {self.target}"
-            )
-        for key in fractions:
-            value = self.target[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-                raise RecipeError(f"target.{key} must be a fraction in (0, 1], got {value!r}")
-        for key in counts:
-            value = self.target[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise RecipeError(f"target.{key} must be a non-negative integer count, got {value!r}")
+            if f.name not in _SETTINGS:
+                _check_type(f.name, getattr(self, f.name), f.type)
         bad = [s for s in self.structures if s not in STRUCTURES]
         if bad or not self.structures:
             raise RecipeError(f"structures must be a non-empty list of {STRUCTURES}; got {self.structures}")
         if "layers" in self.structures and {"heads", "neurons", "channels"} & set(self.structures):
             raise RecipeError("structures: `layers` cannot be combined with heads/neurons/channels yet; use it alone")
         self._check_weights()
-        from .importance import CRITERIA
-
-        if self.criterion not in CRITERIA and self.criterion != "movement":
-            raise RecipeError(f"criterion {self.criterion!r} is unknown; available: {', '.join(sorted(CRITERIA))}")
+        CRITERIA.check(self.criterion, also=("movement",))
         if self.gqa not in ("heads", "groups"):
             raise RecipeError(f"gqa must be 'heads' or 'groups', got {self.gqa!r}")
         for name in ("num_samples", "round_neurons", "round_channels", "min_channels", "latency_batch_size"):
@@ -164,10 +141,6 @@ class Recipe:
         for name in ("min_heads", "min_neurons"):
             if getattr(self, name) < 0:
                 raise RecipeError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.distill is not None:
-            from .distill import distill_settings
-
-            distill_settings(self.distill)
         for name in ("seq_len", "encoder_seq_len"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -177,21 +150,14 @@ class Recipe:
             if self.weights is not None:
                 raise RecipeError("`weights` settings are given but structures lacks `weights`; add it")
             return
-        from .sparsity import weight_settings
-
-        settings = weight_settings(self.weights)
-        if settings.n_m and "neurons" in self.structures and self.round_neurons % settings.n_m[1]:
+        if self.weights is None:
+            self.weights = WeightSettings()  # the defaults, filled in: what was run is what gets recorded
+        n_m = self.weights.n_m
+        if n_m and "neurons" in self.structures and self.round_neurons % n_m[1]:
             raise RecipeError(
-                f"round_neurons {self.round_neurons} must be a multiple of M in weights.pattern {settings.pattern!r}, "
-                "so that every kept FFN width still tiles into groups of M"
+                f"round_neurons {self.round_neurons} must be a multiple of M in weights.pattern "
+                f"{self.weights.pattern!r}, so that every kept FFN width still tiles into groups of M"
             )
-        self.weights = settings.to_dict()  # defaults filled in: what was run is what gets recorded
-
-    def weight_settings(self):
-        """The validated `weights` settings (`hfprune.sparsity.WeightSettings`), or None without `weights`."""
-        from .sparsity import weight_settings
-
-        return weight_settings(self.weights) if "weights" in self.structures else None
 
     # ------------------------------------------------------------------------------------------ in and out
 
@@ -229,18 +195,24 @@ class Recipe:
         return cls.from_json(path) if str(path).endswith(".json") else cls.from_yaml(path)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The recipe as the mapping a YAML/JSON recipe file holds."""
+        return {
+            f.name: getattr(self, f.name).to_dict() if f.name in _SETTINGS and getattr(self, f.name) is not None
+            else getattr(self, f.name)
+            for f in fields(self)
+        }
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def help(cls) -> str:
-        return "\n".join(f"{f.name}: {f.metadata['help']}" for f in fields(cls))
+        lines = [f"{f.name}: {f.metadata['help']}" for f in fields(cls)]
+        return "\n".join(lines + [settings.help() for settings in _SETTINGS.values()])
 
 
-_TYPES = {"dict": dict, "list": list, "str": str, "int": int, "bool": bool, "int | None": (int, type(None)),
-          "list | None": (list, type(None)), "dict | None": (dict, type(None))}
+_TYPES = {"list": list, "str": str, "int": int, "bool": bool, "int | None": (int, type(None)),
+          "list | None": (list, type(None))}
 
 
 def _check_type(name: str, value: Any, annotation: Any) -> None:

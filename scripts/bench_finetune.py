@@ -166,7 +166,7 @@ def callback_overhead(dense, context) -> dict[str, float]:
     args = context["args"]
     recipe = replace(hfprune.Recipe.load(GRADUAL_RECIPE), target={"flops": 0.4})
     # Without the shrink: the overhead is the cost of running the callback on the model, not of a smaller model.
-    recipe = replace(recipe, schedule={k: v for k, v in recipe.schedule.items() if k != "shrink"})
+    recipe = replace(recipe, schedule=replace(recipe.schedule, shrink=None))
     variants = {
         "without callback": lambda: [],
         "with callback": lambda: [hfprune.PruningCallback(replace(recipe, distill=None), seq_len=context["seq_len"])],

@@ -66,8 +66,8 @@ import torch  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 import hfprune  # noqa: E402
-from hfprune.linear import in_features, weight_out_in  # noqa: E402
-from hfprune.sparsity import weight_targets  # noqa: E402
+from hfprune.core.linear import in_features, weight_out_in  # noqa: E402
+from hfprune.sparsity.targets import weight_targets  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import fortunes  # noqa: E402
@@ -184,7 +184,7 @@ def _peak_rss_bytes() -> int:
 
 def measure_memory(args) -> dict:
     """SparseGPT's peak memory above a baseline of model + data + one dense forward pass, in this process."""
-    from hfprune.layerwise import _model_inputs, block_calls
+    from hfprune.calibration.capture import block_calls, model_inputs
 
     pattern = args.patterns.split(",")[0]
     data = fortunes.load_fortunes()
@@ -194,7 +194,7 @@ def measure_memory(args) -> dict:
     model_bytes = sum(p.numel() * p.element_size() for p in [*model.parameters(), *model.buffers()])
     with torch.no_grad():
         for batch in calibration:
-            model(**_model_inputs(model, batch))
+            model(**model_inputs(model, batch))
     gc.collect()
     baseline = _peak_rss_bytes()
     resident = _status_bytes("VmRSS")

@@ -31,7 +31,7 @@ import torch
 import transformers
 
 import hfprune
-from hfprune.data import load_dataset
+from hfprune.calibration.data import load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # spoken_words.py lives beside this script
 import spoken_words  # noqa: E402

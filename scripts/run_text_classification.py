@@ -8,7 +8,7 @@ The pruning options (budget, criterion, schedule, distillation) come from the re
     torchrun --nproc_per_node 2 scripts/run_text_classification.py ...
     accelerate launch --multi_gpu --num_processes 2 scripts/run_text_classification.py ...   # also on CPU
 
-Data: CSV/JSON/text files or a saved `datasets` directory (see `hfprune.data`), with a text column and an
+Data: CSV/JSON/text files or a saved `datasets` directory (see `hfprune.calibration.data`), with a text column and an
 integer or string label column. The pruned model is saved (reloadable with `hfprune.from_pretrained`) with its
 tokenizer; `--push_to_hub` pushes it with the Trainer.
 """
@@ -22,7 +22,7 @@ import torch
 import transformers
 
 import hfprune
-from hfprune.data import load_dataset
+from hfprune.calibration.data import load_dataset
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import build  # noqa: E402
 
 import hfprune  # noqa: E402
-from hfprune.record import get_record  # noqa: E402
+from hfprune.core.record import get_record  # noqa: E402
 
 NO_DROPOUT = {
     "bert": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),

@@ -10,7 +10,7 @@ import transformers
 from tiny_models import build
 
 import hfprune
-from hfprune.distill import Distiller, distill_settings
+from hfprune.training.distill import Distiller
 
 
 class RandomTopics(torch.utils.data.Dataset):
@@ -88,16 +88,27 @@ def test_oneshot_schedule_keeps_removed_units_at_zero(tmp_path):
     "schedule, message",
     [
         ({"type": "cubic", "start": 8, "end": 4}, r"ends \(step 4\) before it starts \(step 8\)"),
-        ({"type": "cubic", "start": 2, "end": 50}, r"step 50 is outside the training run \(steps 1..12\)"),
+        ({"type": "cubic", "start": 0.6, "end": 0.2}, r"ends \(0.2 of training\) before it starts \(0.6 of"),
         ({"type": "linear"}, "schedule.type must be 'oneshot' or 'cubic'"),
         ({"type": "cubic", "stop": 3}, r"unknown schedule key\(s\) \['stop'\]"),
+        ({"type": "cubic", "end": 1.5}, r"schedule.end=1.5 as a fraction of training must lie in \[0, 1\]"),
+        ({"type": "cubic", "every": 0}, "schedule.every must be a positive number of steps"),
+        ({"type": "cubic", "start": "soon"}, "schedule.start must be a step"),
+        ({"type": "cubic", "end": 6, "shrink": 4}, r"schedule.shrink \(step 4\) must lie between"),
+        ("cubic", "schedule must be a mapping"),
     ],
 )
-def test_bad_schedules_fail_at_train_begin(schedule, message, tmp_path):
+def test_bad_schedules_fail_when_the_recipe_is_built(schedule, message):
+    with pytest.raises(hfprune.RecipeError, match=message):
+        hfprune.Recipe(target={"flops": 0.5}, schedule=schedule)
+
+
+def test_schedule_outside_the_run_fails_at_train_begin(tmp_path):
+    """Steps past the end of training can only be known once the run's length is."""
     model = build("bert")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(hfprune.RecipeError, match=message):
-        train(model, hfprune.Recipe(target={"flops": 0.5}, schedule=schedule), tmp_path)
+    with pytest.raises(hfprune.RecipeError, match=r"step 50 is outside the training run \(steps 1..12\)"):
+        train(model, hfprune.Recipe(target={"flops": 0.5}, schedule={"type": "cubic", "start": 2, "end": 50}), tmp_path)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -165,7 +176,7 @@ def _padded_batch(family: str, extra: int) -> dict:
 @pytest.mark.parametrize("family", ["bert", "wav2vec2"])
 def test_hidden_state_distillation_ignores_padding(family):
     model = build(family, **NO_DROPOUT[family]).train()
-    distiller = Distiller(model, distill_settings({"alpha": 0.0, "hidden": 1.0}))
+    distiller = Distiller(model, {"alpha": 0.0, "hidden": 1.0})
     with torch.no_grad():  # a student that differs from its teacher everywhere, padding included
         generator = torch.Generator().manual_seed(3)
         for parameter in model.parameters():
@@ -339,7 +350,7 @@ def test_distillation_with_gradient_accumulation_matches_one_big_batch(one_proce
 
 
 def test_movement_scores_follow_the_weights_gradients():
-    from hfprune.importance import movement_step
+    from hfprune.structured.criteria import movement_step
 
     model = build("bert")
     model(**RandomTopics(size=8)[:8]).loss.backward()
@@ -374,11 +385,11 @@ def test_llama_gradual_recipe_keeps_kv_groups_generates_and_reloads(tmp_path):
     from pathlib import Path
 
     recipe = hfprune.Recipe.load(Path(__file__).parents[1] / "recipes" / "llama-gradual-fisher.yaml")
-    assert recipe.gqa == "heads" and recipe.distill is not None and recipe.schedule["type"] == "cubic"
+    assert recipe.gqa == "heads" and recipe.distill is not None and recipe.schedule.type == "cubic"
     # Sized for this run, otherwise the file's recipe: re-prune every 2 steps between its 10% and 60% marks of
     # 12 steps (steps 1..7), round the 37-wide MLPs to multiples of 4 instead of 64, and count FLOPs at the
     # tiny model's context of 64 tokens (at 2048 its cost is nearly all attention scores, so only heads would go).
-    recipe = replace(recipe, schedule={**recipe.schedule, "every": 2}, round_neurons=4, seq_len=64)
+    recipe = replace(recipe, schedule=replace(recipe.schedule, every=2), round_neurons=4, seq_len=64)
     model = build("llama")
     dense_heads, dense_kv = model.config.num_attention_heads, model.config.num_key_value_heads
     assert dense_kv < dense_heads, "the tiny Llama must use GQA"
@@ -392,7 +403,7 @@ def test_llama_gradual_recipe_keeps_kv_groups_generates_and_reloads(tmp_path):
     trainer.train()
 
     pruned = hfprune.count(model, seq_len=recipe.seq_len)
-    assert pruned.flops <= recipe.target["flops"] * dense.flops + 1e-6 * dense.flops
+    assert pruned.flops <= recipe.target.flops * dense.flops + 1e-6 * dense.flops
     assert pruned.params < dense.params
     model.save_pretrained(tmp_path / "saved")
     sites = json.loads((tmp_path / "saved" / "pruning_config.json").read_text())["sites"]
@@ -513,7 +524,7 @@ def test_resume_after_the_shrink(tmp_path):
 @pytest.mark.parametrize(
     ("schedule", "message"),
     [
-        ({"type": "cubic", "start": 2, "end": 6, "shrink": 4}, r"schedule.shrink \(step 4\) must lie between"),
+        ({"type": "cubic", "start": 0.2, "end": 0.5, "shrink": 4}, r"schedule.shrink \(step 4\) must lie between"),
         ({"type": "oneshot", "start": 2, "shrink": 20}, r"and the end of training \(step 12\)"),
     ],
 )

@@ -17,9 +17,9 @@ import transformers
 from tiny_models import AUDIO, build
 
 import hfprune
-from hfprune.audio import Clip, audio_batches, audio_clips
+from hfprune.calibration.audio import Clip, audio_batches, audio_clips
 from hfprune.cli import main
-from hfprune.data import DataError
+from hfprune.errors import DataError
 
 RATE = 16_000
 RECIPE = "target: {flops: 0.7}\nstructures: [heads, neurons]\ncriterion: fisher\n"
@@ -135,7 +135,7 @@ def test_prune_wav2vec2_classifier_from_a_csv_of_relative_paths_with_labels(clas
     paths = write_clips(tmp_path / "data" / "clips")
     csv = tmp_path / "data" / "calib.csv"
     csv.write_text("file,label\n" + "".join(f"clips/{p.name},{['low', 'high'][i % 2]}\n" for i, p in enumerate(paths)))
-    prune_module = importlib.import_module("hfprune.prune")
+    prune_module = importlib.import_module("hfprune.structured.prune")
     seen, prune = [], prune_module.prune
     monkeypatch.setattr(prune_module, "prune", lambda model, recipe, calibration: seen.extend(calibration) or
                         prune(model, recipe, calibration=calibration))

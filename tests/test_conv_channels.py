@@ -15,11 +15,11 @@ import transformers
 from tiny_models import build
 
 import hfprune
-from hfprune.arch import resolve_conv_sites
+from hfprune.core import resolve_conv_sites
 from hfprune.errors import PruningSpecError
-from hfprune.flops import conv_frames
-from hfprune.importance import Scores, compute_scores
-from hfprune.search import planned_cost, search
+from hfprune.cost.flops import conv_frames
+from hfprune.structured.criteria import Scores, compute_scores
+from hfprune.structured.search import planned_cost, search
 
 ATOL = 1e-5
 FAMILIES = ["wav2vec2", "hubert", "wavlm"]
@@ -162,7 +162,7 @@ def test_channel_only_pruning_loads_without_hfprune(family, tmp_path):
     model.save_pretrained(tmp_path)
     plain = getattr(transformers, type(model).__name__).from_pretrained(tmp_path).eval()
     assert torch.allclose(logits(plain), expected, atol=ATOL)
-    assert hfprune.io.loads_without_hfprune(model)
+    assert hfprune.checkpoint.loads_without_hfprune(model)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -151,7 +151,7 @@ def test_unreachable_hub_and_missing_token(monkeypatch, tmp_path, pruned_bert):
     hfprune.save_pretrained(pruned_bert, out)
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(HubError, match=r"could not reach the Hub at http://127.0.0.1.*ConnectError") as error:
-        hfprune.hub.upload_folder(out, "me/x", token="hf_some_token_42")
+        hfprune.publish.hub.upload_folder(out, "me/x", token="hf_some_token_42")
     assert "hf_some_token_42" not in str(error.value) and str(out) in str(error.value)
     assert sorted(p.name for p in out.iterdir()) == before
 
@@ -192,8 +192,8 @@ def test_missing_repo_on_download_is_a_clear_checkpoint_error(hub):
 
 
 def test_card_without_matplotlib_keeps_its_tables(pruned_bert, tmp_path, monkeypatch):
-    from hfprune.card import write_card
-    from hfprune.summary import summarize
+    from hfprune.publish.card import write_card
+    from hfprune.publish.summary import summarize
 
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # as if matplotlib were missing
     written = write_card(tmp_path, summarize(pruned_bert), "me/x")

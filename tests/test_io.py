@@ -51,7 +51,7 @@ def test_record_keeps_original_indices():
     hfprune.remove_heads(model, {"encoder.0.attention": [1]})  # current index 1 is original head 2
     hfprune.remove_layers(model, ["encoder.0"])
     hfprune.remove_neurons(model, {"encoder.0.ffn": [0, 1]})
-    config = hfprune.io.pruning_config(model)
+    config = hfprune.checkpoint.pruning_config(model)
     assert config["layers"]["encoder"] == {"num_layers": 1, "kept": [1]}
     assert "encoder.1.attention" not in config["sites"]
     assert config["sites"]["encoder.0.ffn"]["neurons"] == list(range(2, 37))

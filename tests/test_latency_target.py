@@ -9,12 +9,12 @@ import torch
 from tiny_models import build, inputs
 
 import hfprune
-from hfprune.importance import compute_scores
-from hfprune.latency import LatencyProfile, profile_latency
-from hfprune.search import planned_cost, search
-from hfprune.summary import summarize
+from hfprune.structured.criteria import compute_scores
+from hfprune.cost.latency import LatencyProfile, profile_latency
+from hfprune.structured.search import planned_cost, search
+from hfprune.publish.summary import summarize
 
-prune_module = importlib.import_module("hfprune.prune")  # `hfprune.prune` the attribute is the function
+prune_module = importlib.import_module("hfprune.structured.prune")  # `hfprune.prune` the attribute is the function
 
 
 def calibration(family, batches=3):

@@ -10,10 +10,11 @@ import transformers
 from tiny_models import build, inputs
 
 import hfprune
-from hfprune.importance import CalibrationError, compute_scores
-from hfprune.masks import SoftMasks
-from hfprune.refine import fold_gates
-from hfprune.search import search
+from hfprune.errors import CalibrationError
+from hfprune.structured.criteria import compute_scores
+from hfprune.core.masks import SoftMasks
+from hfprune.structured.refine import fold_gates
+from hfprune.structured.search import search
 
 
 def calibration(family, batches=4, labels=False):
@@ -181,8 +182,8 @@ def test_saved_pruned_model_reloads_with_recipe(tmp_path):
 def duplicate_units(model, family):
     """Make head 1 (and 3) copies of head 0 (and 2), and FFN neuron 1 a copy of neuron 0, in every layer: then
     dropping the copies and doubling the originals reproduces the dense model exactly."""
-    from hfprune.arch import resolve_sites
-    from hfprune.linear import weight_out_in
+    from hfprune.core import resolve_sites
+    from hfprune.core.linear import weight_out_in
 
     with torch.no_grad():
         for site in resolve_sites(model).values():
@@ -222,7 +223,7 @@ def gate_the_copies(masks):
 @pytest.mark.parametrize("family", ["bert", "distilbert", "gpt2", "llama", "wav2vec2", "whisper"])
 def test_weight_reconstruction_recovers_an_exactly_reconstructible_model(family):
     """The refit of each output projection must find the originals' columns doubled (and the bias kept)."""
-    from hfprune.refine import reconstruct_weights
+    from hfprune.structured.refine import reconstruct_weights
 
     model = build(family)
     duplicate_units(model, family)
@@ -240,7 +241,7 @@ def test_weight_reconstruction_recovers_an_exactly_reconstructible_model(family)
 def test_mask_tuning_recovers_an_exactly_reconstructible_model(family):
     """With the copies removed, least squares on residual + block output must find scale 2 for the originals,
     which only works if every site's residual is read from the right place."""
-    from hfprune.refine import tune_masks
+    from hfprune.structured.refine import tune_masks
 
     model = build(family)
     duplicate_units(model, family)
@@ -259,7 +260,7 @@ def test_layer_inputs_carried_from_layer_to_layer_equal_running_the_model_up_to_
     """Reconstruction feeds each layer the previous layer's outputs instead of re-running the model up to every
     site; the refit weights must be those of the re-running path (WavLM, whose layers pass on a position bias,
     must notice and fall back)."""
-    from hfprune import refine
+    from hfprune.structured import refine
 
     results, carried = [], []
     original = refine._LayerInputs.at
@@ -285,8 +286,8 @@ def test_layer_inputs_carried_from_layer_to_layer_equal_running_the_model_up_to_
 def test_search_never_brings_back_a_removed_unit_and_refuses_nan_scores():
     """PruningCallback re-plans with -inf for units already gone; rounding widths up must not revive them, and a
     NaN score must fail by name rather than poison the split search."""
-    from hfprune.importance import CalibrationError as ScoreError
-    from hfprune.search import planned_cost
+    from hfprune.errors import CalibrationError as ScoreError
+    from hfprune.structured.search import planned_cost
 
     model = build("bert")
     counts = hfprune.count(model, seq_len=12)

@@ -10,7 +10,7 @@ from tiny_models import build
 
 import hfprune
 from hfprune.cli import main
-from hfprune.summary import summarize
+from hfprune.publish.summary import summarize
 
 
 def prune_a_little(model):

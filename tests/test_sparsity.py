@@ -15,10 +15,13 @@ from test_callback import RandomTopics, StopAt
 from tiny_models import build, inputs
 
 import hfprune
-from hfprune.importance import CalibrationError
-from hfprune.layerwise import InputStatistic, block_calls
-from hfprune.sparsegpt import sparsegpt_prune
-from hfprune.sparsity import Target, count, lowest, prune_layer, weight_settings, weight_targets
+from hfprune.errors import CalibrationError
+from hfprune.calibration.capture import InputStatistic, block_calls
+from hfprune.sparsity.sparsegpt import sparsegpt_prune
+from hfprune.settings import WeightSettings
+from hfprune.sparsity.criteria import prune_layer
+from hfprune.sparsity.selection import count, lowest
+from hfprune.sparsity.targets import Target, weight_targets
 
 # FFN widths that tile into groups of 4 and 8 (the tiny models' default, 37, does not).
 WIDE = {"bert": dict(intermediate_size=40), "llama": dict(intermediate_size=40), "gpt2": dict(n_inner=40),
@@ -142,11 +145,11 @@ def test_wanda_matches_a_hand_computed_example():
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[4.0, 1.0, 9.0, -1.0], [1.0, -3.0, 5.0, 2.0]]))
     # Row 0 scores 5.66, 2.83, 0, 3 -> drop cols 2, 1. Row 1 scores 1.41, 8.49, 0, 6 -> drop cols 2, 0.
-    prune_layer(Target("layer", layer, ""), weight_settings({"criterion": "wanda", "sparsity": 0.5}), norms)
+    prune_layer(Target("layer", layer, ""), WeightSettings.from_value({"criterion": "wanda", "sparsity": 0.5}), norms)
     assert layer.weight.tolist() == [[4.0, 0.0, 0.0, -1.0], [0.0, -3.0, 0.0, 2.0]]
     # 2:4: the same pair per row here (one group of four).
     layer.weight.data = torch.tensor([[4.0, 1.0, 9.0, -1.0], [1.0, -3.0, 5.0, 2.0]])
-    prune_layer(Target("layer", layer, ""), weight_settings({"criterion": "wanda", "pattern": "2:4"}), norms)
+    prune_layer(Target("layer", layer, ""), WeightSettings.from_value({"criterion": "wanda", "pattern": "2:4"}), norms)
     assert layer.weight.tolist() == [[4.0, 0.0, 0.0, -1.0], [0.0, -3.0, 0.0, 2.0]]
 
 
@@ -392,9 +395,9 @@ def test_to_semi_structured_on_cpu_warns_once_and_changes_nothing():
 def test_recipes_load():
     recipes = Path(__file__).resolve().parents[1] / "recipes"
     recipe = hfprune.Recipe.load(recipes / "bert-wanda-2of4.yaml")
-    assert recipe.weight_settings().n_m == (2, 4) and recipe.weights["criterion"] == "wanda"
+    assert recipe.weights.n_m == (2, 4) and recipe.weights.criterion == "wanda"
     recipe = hfprune.Recipe.load(recipes / "llama-sparsegpt-50.yaml")
-    assert recipe.weight_settings().criterion == "sparsegpt" and recipe.weights["sparsity"] == 0.5
+    assert recipe.weights.criterion == "sparsegpt" and recipe.weights.sparsity == 0.5
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),

@@ -11,7 +11,8 @@ import torch
 from tiny_models import FAMILIES, build, inputs
 
 import hfprune
-from hfprune.arch import AttentionSite, get_adapter, resolve_sites
+from hfprune.arch import get_adapter
+from hfprune.core import AttentionSite, resolve_sites
 
 ATOL = 1e-5
 

@@ -10,11 +10,11 @@ from tiny_models import build, inputs
 from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
 import hfprune
-from hfprune.distill import Distiller, distill_settings
-from hfprune.importance import compute_scores
-from hfprune.lengths import mean_lengths, positions
-from hfprune.refine import _first_tokens
-from hfprune.seq2seq import _after_end, shift_right, transcribe, with_decoder_inputs
+from hfprune.training.distill import Distiller
+from hfprune.structured.criteria import compute_scores
+from hfprune.calibration.lengths import mean_lengths, positions
+from hfprune.structured.refine import _first_tokens
+from hfprune.calibration.seq2seq import _after_end, shift_right, transcribe, with_decoder_inputs
 
 
 def audio(batches=3, batch=2):
@@ -193,7 +193,7 @@ def test_empty_audio_is_refused():
 
 def test_distillation_leaves_padding_out():
     model = build("whisper").train()
-    distiller = Distiller(model, distill_settings({"alpha": 1.0, "temperature": 2.0}))
+    distiller = Distiller(model, {"alpha": 1.0, "temperature": 2.0})
     distiller._labels = torch.tensor([[5, 6, -100, -100], [5, 6, 7, 2]])
     generator = torch.Generator().manual_seed(0)
     teacher, student = (torch.randn(2, 4, 99, generator=generator) for _ in range(2))
@@ -210,7 +210,7 @@ def test_distillation_leaves_padding_out():
 
 def test_hidden_state_distillation_covers_encoder_and_decoder():
     model = build("whisper").train()
-    distiller = Distiller(model, distill_settings({"alpha": 0.5, "hidden": 1.0}))
+    distiller = Distiller(model, {"alpha": 0.5, "hidden": 1.0})
     batch = {**audio(1)[0], "labels": torch.tensor([[5, 6, 2, -100], [7, 8, 9, 2]])}
     loss = model(**batch).loss
     with torch.no_grad():
@@ -223,7 +223,7 @@ def test_hidden_state_distillation_covers_encoder_and_decoder():
 
 def test_hidden_state_distillation_leaves_decoder_padding_out():
     model = build("whisper").train()  # the tiny Whisper has no dropout
-    distiller = Distiller(model, distill_settings({"alpha": 0.5, "hidden": 1.0}))
+    distiller = Distiller(model, {"alpha": 0.5, "hidden": 1.0})
     with torch.no_grad():  # a student that differs from its teacher, at padded decoder positions too
         generator = torch.Generator().manual_seed(3)
         for parameter in model.parameters():

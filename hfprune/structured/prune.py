@@ -1,0 +1,251 @@
+"""`hfprune.prune`: one-shot, post-training pruning to a budget, without retraining.
+
+Scores every head and neuron (and conv channel, with `structures: [..., channels]`) on calibration data,
+searches the kept set under the budget, optionally
+rearranges and tunes the masks (Kwon et al. 2022), then shrinks the model in place and reports. With
+`structures: [..., weights]` the weights left after shrinking are then sparsified (`sparsity.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+
+from ..calibration.batches import check_calibration
+from ..calibration.lengths import mean_lengths
+from ..calibration.seq2seq import with_decoder_inputs
+from ..core import AttentionSite, find_stacks, prepared_adapter, resolve_sites
+from ..core.masks import SoftMasks
+from ..core.record import ensure_record
+from ..core.surgery import remove_channels, remove_heads, remove_layers, remove_neurons
+from ..cost.flops import count
+from ..cost.latency import dummy_inputs, measure_latency, profile_latency
+from ..errors import RecipeError
+from ..publish.report import PruningReport
+from ..recipe import Recipe
+from ..registry import WEIGHT_CRITERIA
+from ..sparsity.sparsify import sparsify
+from ..sparsity.targets import check_widths, weight_targets
+from .criteria import NEEDS_DATA, compute_scores
+from .refine import agreement, fold_gates, model_outputs, rearrange, reconstruct_weights, tune_masks
+from .search import search
+
+QUALITY_SAMPLES = 128
+
+
+def _batch_size(batch: dict) -> int:
+    return next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape[0]
+
+
+def _limit(batches: list, num_samples: int) -> list:
+    """The first batches holding at most `num_samples` examples (the last one cut to fit)."""
+    kept, seen = [], 0
+    for batch in batches:
+        if seen >= num_samples:
+            break
+        size = _batch_size(batch)
+        take = min(size, num_samples - seen)
+        if take < size:
+            batch = {k: v[:take] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        kept.append(batch)
+        seen += take
+    return kept
+
+
+def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] | None = None) -> PruningReport:
+    """Prune `model` in place to `recipe.target`, without retraining.
+
+    Args:
+        model: any supported model, with a task head when the criterion needs a loss.
+        recipe: a `Recipe` (or a dict of its fields).
+        calibration: model-ready batches (dicts of tensors, with `labels` for a task loss; without labels the
+            model's own predictions stand in). Magnitude alone, without tuning, needs none. For encoder-decoder
+            models (Whisper) encoder inputs suffice: batches without labels are transcribed once by the dense
+            model (greedy `generate()`), and the transcripts serve as labels and decoder inputs
+            (`hfprune.seq2seq.with_decoder_inputs`). A `flops` target then counts encoder and decoder per
+            utterance: the encoder at its input length, the decoder (self- and cross-attention, FFN) at the
+            mean transcript length, cross-attention keys at the encoder length.
+
+    Returns:
+        `PruningReport`: params/FLOPs before and after, kept heads/neurons per site, time per phase, what
+        rearrangement and mask tuning contributed, and the weight sparsity of each linear (with `weights`).
+
+    Example:
+        ```python
+        >>> recipe = hfprune.Recipe(target={"flops": 0.6}, criterion="fisher")
+        >>> report = hfprune.prune(model, recipe, calibration=batches)
+        >>> print(report)
+        ```
+    """
+    recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
+    structured = [s for s in recipe.structures if s != "weights"]
+    weights = recipe.weights
+    if structured and recipe.criterion == "movement":
+        raise RecipeError("movement scores accumulate during training: use hfprune.PruningCallback, not prune()")
+    prepared_adapter(model)
+    if weights is not None:
+        _check_weight_pattern(model, recipe, weights)
+    needed_by = None
+    if "layers" in structured:
+        needed_by = "layer pruning (block importance)"
+    elif structured and recipe.criterion in NEEDS_DATA:
+        needed_by = f"criterion {recipe.criterion!r}"
+    elif structured and recipe.tune:
+        needed_by = "mask tuning"
+    if needed_by is None and weights is not None and WEIGHT_CRITERIA[weights.criterion].statistic:
+        needed_by = f"weights criterion {weights.criterion!r}"
+    batches = _limit(check_calibration(calibration, needed_by), recipe.num_samples)
+    device = next(model.parameters()).device
+    batches = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in batches]
+    # Encoder-decoders: the dense model's transcripts stand in for missing labels, before anything is scored.
+    batches = with_decoder_inputs(model, batches)
+    seq_len, encoder_len = mean_lengths(model, batches) if batches else (recipe.seq_len or 128, None)
+    seq_len = recipe.seq_len or seq_len
+    encoder_len = recipe.encoder_seq_len or encoder_len
+    conv = "channels" in structured  # the conv feature encoder is in the budget only when it can shrink
+    before = count(model, seq_len=seq_len, encoder_seq_len=encoder_len, conv=conv)
+    report = PruningReport(recipe=recipe, before=before, num_samples=sum(_batch_size(b) for b in batches))
+    was_training = model.training
+    model.eval()
+    try:
+        if "layers" in structured:
+            _prune_layers(model, recipe, batches, before, report)
+        elif structured:
+            _prune_units(model, recipe, batches, before, report)
+        if weights is not None:
+            # After the surgery: only what is left is sparsified, calibrated on the already shrunk model.
+            with report.phase("weight sparsity"):
+                report.weight_sparsity = sparsify(model, weights, batches)
+            report.weight_sizes = {t.name: t.module.weight.numel() for t in weight_targets(model)}
+    finally:
+        model.train(was_training)
+    report.after = count(model, seq_len=seq_len, encoder_seq_len=encoder_len, conv=conv)
+    if report.latency:
+        inputs = dummy_inputs(model, seq_len=seq_len, batch_size=recipe.latency_batch_size)
+        report.latency[1] = measure_latency({"pruned": model}, inputs, runs=10)["pruned"]
+    record = ensure_record(model)
+    record.recipe, record.report = recipe.to_dict(), report.summary()
+    return report
+
+
+def _check_weight_pattern(model, recipe: Recipe, weights) -> None:
+    """Refuse an N:M pattern that some layer's inputs cannot tile, now or after head removal, before any change."""
+    check_widths(weight_targets(model), weights)
+    if weights.n_m and "heads" in recipe.structures:
+        m = weights.n_m[1]
+        for name, site in resolve_sites(model).items():
+            if isinstance(site, AttentionSite) and site.num_heads and site.head_dim % m:
+                raise RecipeError(
+                    f"weights.pattern {weights.pattern!r} with head pruning: {name} has head_dim {site.head_dim}, "
+                    f"not a multiple of {m}, so its output projection's inputs would not tile into groups of {m}"
+                )
+
+
+def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningReport) -> None:
+    if recipe.target.latency is not None:
+        before = _latency_costed(model, recipe, before, report)
+    with report.phase("scoring"):
+        scores = compute_scores(model, recipe.criterion, batches, channels="channels" in recipe.structures)
+    with report.phase("search"):
+        plan = search(before, scores, recipe)
+    # What each refinement step contributes is measured on a slice of the calibration data: enough to compare.
+    probe = _limit(batches, QUALITY_SAMPLES)
+    dense = model_outputs(model, probe)
+    if probe:
+        report.quality["search"] = agreement(model, plan, probe, dense)
+    if recipe.rearrange and scores.head_grads:
+        with report.phase("rearrangement"):
+            plan = rearrange(plan, scores, before)
+        report.quality["rearrangement"] = agreement(model, plan, probe, dense)
+    with SoftMasks(model, channels=bool(plan.channels)) as masks:
+        plan.apply(masks)
+        if recipe.reconstruct:
+            with report.phase("weight reconstruction"):
+                reconstruct_weights(model, masks, batches)
+            report.quality["weight reconstruction"] = agreement(model, masks, probe, dense)
+        elif recipe.tune:
+            with report.phase("mask tuning"):
+                tune_masks(model, masks, batches)
+            report.quality["mask tuning"] = agreement(model, masks, probe, dense)
+        with report.phase("surgery"):
+            fold_gates(model, masks)
+            heads, neurons = plan.removals(before)
+            channels = plan.channel_removals(before)
+    with report.phase("surgery"):
+        remove_heads(model, heads)
+        remove_neurons(model, neurons)
+        remove_channels(model, channels)
+
+
+def _latency_costed(model, recipe: Recipe, before, report: PruningReport):
+    """`before` with every unit priced in measured seconds; refuses a latency target below the fixed time."""
+    with report.phase("latency profile"):
+        profile = profile_latency(model, before, recipe.structures, recipe.latency_batch_size)
+    report.latency = [profile.seconds, None]
+    share = profile.fixed / profile.seconds
+    if recipe.target.latency < share:
+        raise RecipeError(
+            f"target.latency={recipe.target.latency} cannot be met: {share:.1%} of the measured time "
+            f"({profile.seconds * 1e3:.3g} ms at batch {profile.batch_size}, {before.lengths}) is spent outside "
+            f"the prunable {'/'.join(profile.seconds_per_flop)} (embeddings, norms, residual adds, task head)"
+        )
+    return profile.costed(before)
+
+
+@torch.no_grad()
+def _prune_layers(model, recipe: Recipe, batches: list, before, report: PruningReport) -> None:
+    """Remove whole layers by block importance BI = 1 - E[cos(x_in, x_out)] (ShortGPT, Men et al. 2024)."""
+    metric = recipe.target.metric
+    if metric not in ("flops", "params"):
+        raise RecipeError("structures: [layers] needs a flops or params target")
+    with report.phase("scoring"):
+        importance = _block_importance(model, batches)
+    layer_cost = {}
+    for site in before.sites.values():
+        layer = site.name.rsplit(".", 1)[0]
+        layer_cost[layer] = layer_cost.get(layer, 0) + (site.flops if metric == "flops" else site.params)
+    total = before.flops if metric == "flops" else before.params
+    budget = recipe.target.get(metric) * total
+    removed, spent = [], total
+    for layer in sorted(importance, key=importance.get):
+        if spent <= budget:
+            break
+        stack = layer.split(".")[0]
+        in_stack = [name for name in importance if name.startswith(stack + ".")]
+        if len(in_stack) - sum(r in in_stack for r in removed) <= 1:
+            continue  # a stack keeps at least one layer
+        removed.append(layer)
+        spent -= layer_cost[layer]
+    if spent > budget:
+        raise RecipeError(f"target.{metric}={recipe.target.get(metric)} cannot be met by removing whole layers")
+    report.layer_scores = importance
+    with report.phase("surgery"):
+        remove_layers(model, removed)
+
+
+@torch.no_grad()
+def _block_importance(model, batches: list) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    handles = []
+
+    def hook(name):
+        def record(module, args, output):
+            hidden_in = args[0]
+            hidden_out = output[0] if isinstance(output, tuple) else output
+            cosine = nn.functional.cosine_similarity(hidden_in.float(), hidden_out.float(), dim=-1)
+            sums[name] = sums.get(name, 0.0) + float(1 - cosine.mean())
+
+        return record
+
+    for stack in find_stacks(model):
+        for index, layer in enumerate(stack.layers):
+            handles.append(layer.register_forward_hook(hook(f"{stack.spec.name}.{index}")))
+    try:
+        for batch in batches:
+            model(**{k: v for k, v in batch.items() if k != "labels"})
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: total / len(batches) for name, total in sums.items()}
