@@ -102,10 +102,10 @@ class Recipe:
         None,
     )
     weights: WeightSettings | None = _help(
-        "With structures `weights` (filled with the defaults when not given): {sparsity: 0.5, pattern: unstructured | 'N:M', criterion: magnitude | wanda | "
-        "sparsegpt, scope: layer | global, block_size: 128}. `N:M` zeroes N of every M consecutive inputs "
-        "('2:4' for sparse tensor cores) and implies the sparsity; `global` (magnitude only) uses one threshold "
-        "over all layers; block_size is SparseGPT's column block.",
+        "With structures `weights` (the defaults when not given): {sparsity: 0.5, pattern: unstructured | 'N:M', "
+        "criterion: magnitude | wanda | sparsegpt, scope: layer | global, block_size: 128}. `N:M` zeroes N of "
+        "every M consecutive inputs ('2:4' for sparse tensor cores) and implies the sparsity; `global` (magnitude "
+        "only) uses one threshold over all layers; block_size is SparseGPT's column block.",
         None,
     )
     schedule: ScheduleSettings | None = _help(
