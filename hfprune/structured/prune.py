@@ -1,9 +1,11 @@
 """`hfprune.prune`: one-shot, post-training pruning to a budget, without retraining.
 
-Scores every head and neuron (and conv channel, with `structures: [..., channels]`) on calibration data,
-searches the kept set under the budget, optionally
-rearranges and tunes the masks (Kwon et al. 2022), then shrinks the model in place and reports. With
-`structures: [..., weights]` the weights left after shrinking are then sparsified (`sparsity.py`).
+The driver: checks the recipe and calibration data, then scores every head and neuron (and conv channel, with
+`structures: [..., channels]`) on calibration data (`criteria.py`), searches the kept set under the budget
+(`search.py`; a latency target priced by `latency_budget.py`), optionally rearranges and tunes the masks (Kwon et
+al. 2022, `refine.py`), then shrinks the model in place and reports. `structures: [layers]` drops whole layers
+instead (`layers.py`). With `structures: [..., weights]` the weights left after shrinking are then sparsified
+(`hfprune.sparsity`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import torch.nn as nn
 from ..calibration.batches import check_calibration
 from ..calibration.lengths import mean_lengths
 from ..calibration.seq2seq import with_decoder_inputs
-from ..core import AttentionSite, find_stacks, prepared_adapter, resolve_sites
+from ..core import AttentionSite, prepared_adapter, resolve_sites
 from ..core.masks import SoftMasks
 from ..core.record import ensure_record
-from ..core.surgery import remove_channels, remove_heads, remove_layers, remove_neurons
+from ..core.surgery import remove_channels, remove_heads, remove_neurons
 from ..cost.flops import count
 from ..cost.latency import dummy_inputs, measure_latency, profile_latency
 from ..errors import RecipeError
@@ -29,6 +31,8 @@ from ..registry import WEIGHT_CRITERIA
 from ..sparsity.sparsify import sparsify
 from ..sparsity.targets import check_widths, weight_targets
 from .criteria import NEEDS_DATA, compute_scores
+from .latency_budget import latency_costed
+from .layers import prune_layers
 from .refine import agreement, fold_gates, model_outputs, rearrange, reconstruct_weights, tune_masks
 from .search import search
 
@@ -111,7 +115,7 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
     model.eval()
     try:
         if "layers" in structured:
-            _prune_layers(model, recipe, batches, before, report)
+            prune_layers(model, recipe, batches, before, report)
         elif structured:
             _prune_units(model, recipe, batches, before, report)
         if weights is not None:
@@ -144,8 +148,12 @@ def _check_weight_pattern(model, recipe: Recipe, weights) -> None:
 
 
 def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningReport) -> None:
+    """Score, search, refine and remove heads, neurons and conv channels."""
     if recipe.target.latency is not None:
-        before = _latency_costed(model, recipe, before, report)
+        with report.phase("latency profile"):
+            profile = profile_latency(model, before, recipe.structures, recipe.latency_batch_size)
+        report.latency = [profile.seconds, None]
+        before = latency_costed(profile, recipe, before)
     with report.phase("scoring"):
         scores = compute_scores(model, recipe.criterion, batches, channels="channels" in recipe.structures)
     with report.phase("search"):
@@ -177,75 +185,3 @@ def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningRe
         remove_heads(model, heads)
         remove_neurons(model, neurons)
         remove_channels(model, channels)
-
-
-def _latency_costed(model, recipe: Recipe, before, report: PruningReport):
-    """`before` with every unit priced in measured seconds; refuses a latency target below the fixed time."""
-    with report.phase("latency profile"):
-        profile = profile_latency(model, before, recipe.structures, recipe.latency_batch_size)
-    report.latency = [profile.seconds, None]
-    share = profile.fixed / profile.seconds
-    if recipe.target.latency < share:
-        raise RecipeError(
-            f"target.latency={recipe.target.latency} cannot be met: {share:.1%} of the measured time "
-            f"({profile.seconds * 1e3:.3g} ms at batch {profile.batch_size}, {before.lengths}) is spent outside "
-            f"the prunable {'/'.join(profile.seconds_per_flop)} (embeddings, norms, residual adds, task head)"
-        )
-    return profile.costed(before)
-
-
-@torch.no_grad()
-def _prune_layers(model, recipe: Recipe, batches: list, before, report: PruningReport) -> None:
-    """Remove whole layers by block importance BI = 1 - E[cos(x_in, x_out)] (ShortGPT, Men et al. 2024)."""
-    metric = recipe.target.metric
-    if metric not in ("flops", "params"):
-        raise RecipeError("structures: [layers] needs a flops or params target")
-    with report.phase("scoring"):
-        importance = _block_importance(model, batches)
-    layer_cost = {}
-    for site in before.sites.values():
-        layer = site.name.rsplit(".", 1)[0]
-        layer_cost[layer] = layer_cost.get(layer, 0) + (site.flops if metric == "flops" else site.params)
-    total = before.flops if metric == "flops" else before.params
-    budget = recipe.target.get(metric) * total
-    removed, spent = [], total
-    for layer in sorted(importance, key=importance.get):
-        if spent <= budget:
-            break
-        stack = layer.split(".")[0]
-        in_stack = [name for name in importance if name.startswith(stack + ".")]
-        if len(in_stack) - sum(r in in_stack for r in removed) <= 1:
-            continue  # a stack keeps at least one layer
-        removed.append(layer)
-        spent -= layer_cost[layer]
-    if spent > budget:
-        raise RecipeError(f"target.{metric}={recipe.target.get(metric)} cannot be met by removing whole layers")
-    report.layer_scores = importance
-    with report.phase("surgery"):
-        remove_layers(model, removed)
-
-
-@torch.no_grad()
-def _block_importance(model, batches: list) -> dict[str, float]:
-    sums: dict[str, float] = {}
-    handles = []
-
-    def hook(name):
-        def record(module, args, output):
-            hidden_in = args[0]
-            hidden_out = output[0] if isinstance(output, tuple) else output
-            cosine = nn.functional.cosine_similarity(hidden_in.float(), hidden_out.float(), dim=-1)
-            sums[name] = sums.get(name, 0.0) + float(1 - cosine.mean())
-
-        return record
-
-    for stack in find_stacks(model):
-        for index, layer in enumerate(stack.layers):
-            handles.append(layer.register_forward_hook(hook(f"{stack.spec.name}.{index}")))
-    try:
-        for batch in batches:
-            model(**{k: v for k, v in batch.items() if k != "labels"})
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: total / len(batches) for name, total in sums.items()}

@@ -4,94 +4,55 @@
 trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=[hfprune.PruningCallback(recipe)])
 ```
 
-Soft masks are attached at train begin. Scores accumulate over training steps through the gates (Fisher: sum of
-squared gate gradients per optimizer step; Taylor: sum of |gradient|), or from the weights (movement, Sanh et
-al. 2020: sum over steps of -dL/dW * W per head and neuron; magnitude: read when needed). On the recipe's
-schedule the budget search of one-shot pruning picks the units to keep; gates of the others go to 0 and stay
-there (their units' output is exactly zero through every later optimizer step). At train end the zero-gated
-units are removed physically, so the saved model is small; with `schedule.shrink` that happens at the step it
-names instead (single process), the optimizer's state sliced like the weights (`optimizer_state.py`), so the
-rest of training runs on the small model.
+What is pruned, and how, is the job of one strategy picked when the callback is built:
 
-With `distill` in the recipe, a frozen copy of the dense model teaches the pruned one (see `distill.py`).
+- heads and neurons (`structured_strategy.py`): soft masks from train begin, scores accumulated over training
+  steps (Fisher, Taylor, movement) or read from the weights (magnitude), the budget search of one-shot pruning on
+  the recipe's schedule, and the zero-gated units removed physically at train end (or at `schedule.shrink`), so
+  the saved model is small;
+- single weights, with `structures: [weights]` (`weights_strategy.py`): magnitude pruning on the same schedule,
+  the pruned weights set back to exactly zero after every optimizer step.
+
+The callback itself runs the Trainer events, distillation and logging. With `distill` in the recipe, a frozen copy
+of the dense model teaches the pruned one (see `distill.py`).
 
 The callback's state (gates, accumulated scores, recipe) is written into every Trainer checkpoint as
 `hfprune_callback.json`; a run resumed with `resume_from_checkpoint` picks it up and ends with the same model as
 an uninterrupted run. Resuming with a different recipe is an error.
 
-Under `torchrun` / `accelerate launch`, gate gradients are averaged over processes before they are scored, so
-every rank decides the same masks and ends with the same model.
+Under `torchrun` / `accelerate launch` every rank decides the same masks and ends with the same model.
 
 The pruning metrics (`hfprune/flops_kept`, `hfprune/params_kept`, `hfprune/sparsity`, `hfprune/heads_kept`,
-`hfprune/neurons_kept`) are added to every Trainer log, so the console, `state.log_history` and reporting
-integrations (TensorBoard, W&B, ...) see them.
-
-With `structures: [weights]` single weights are pruned instead, by magnitude, on the same schedule (the
-sparsity rises on the cubic curve; at each pruning step the mask is re-selected among the weights still kept).
-Pruned weights are set back to exactly zero right after every optimizer step (`on_optimizer_step`), so every
-forward pass sees them at 0 and the trained model keeps them; `hfprune/weight_sparsity` is logged.
+`hfprune/neurons_kept`; `hfprune/weight_sparsity` for weights) are added to every Trainer log, so the console,
+`state.log_history` and reporting integrations (TensorBoard, W&B, ...) see them.
 """
 
 from __future__ import annotations
 
 import gc
 import json
-from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from transformers.utils import logging
 
-from ..calibration.seq2seq import is_encoder_decoder
 from ..core import prepared_adapter
-from ..core.linear import replacements
-from ..core.masks import SoftMasks
-from ..core.record import ensure_record
-from ..core.surgery import remove_heads, remove_neurons
-from ..cost.flops import count
 from ..errors import RecipeError
 from ..recipe import Recipe
-from ..sparsity.masks import WeightMasks
-from ..structured.criteria import Scores, compute_scores, movement_step
-from ..structured.search import Plan, planned_cost, search
 from .distill import Distiller
-from .optimizer_state import follow_surgery
-from .schedule import resolve_schedule
+from .strategy import PruningStrategy
+from .structured_strategy import StructuredPruning
+from .weights_strategy import WeightPruning
 
-logger = logging.get_logger(__name__)
-TRAINING_CRITERIA = ("fisher", "taylor", "magnitude", "movement")
+if TYPE_CHECKING:
+    from ..core.masks import SoftMasks
+    from ..sparsity.masks import WeightMasks
+    from ..structured.search import Plan
+    from .schedule import Schedule
+
 CALLBACK_STATE = "hfprune_callback.json"
-
-
-def _mean_over_processes(tensor: torch.Tensor) -> torch.Tensor:
-    """Average a gate gradient over data-parallel processes. Gates are not model parameters, so DDP does not
-    synchronise them; without this every rank would score (and prune) on its own shard of the data."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        tensor = tensor.clone()
-        torch.distributed.all_reduce(tensor)
-        tensor /= torch.distributed.get_world_size()
-    return tensor
-
-
-def _training_weight_settings(recipe: Recipe):
-    """The recipe's weight settings when it sparsifies weights during training (None otherwise), refusing
-    what training cannot do yet."""
-    settings = recipe.weights
-    if settings is None:
-        return None
-    if recipe.structures != ["weights"]:
-        raise RecipeError("PruningCallback: structures [weights] cannot be combined with heads/neurons/layers yet; "
-                          "sparsify weights alone, or combine them one-shot with hfprune.prune")
-    if settings.criterion != "magnitude":
-        raise RecipeError(f"PruningCallback: weights.criterion {settings.criterion!r} needs calibration data; during "
-                          "training use magnitude (or sparsify one-shot with hfprune.prune, then fine-tune)")
-    kind = recipe.schedule.type if recipe.schedule is not None else "oneshot"
-    if settings.n_m is not None and kind != "oneshot":
-        raise RecipeError(f"PruningCallback: an N:M pattern ({settings.pattern}) is reached in one step; use a "
-                          "oneshot schedule")
-    return settings
 
 
 class PruningCallback(TrainerCallback):
@@ -99,7 +60,8 @@ class PruningCallback(TrainerCallback):
 
     Args:
         recipe: a `Recipe` (or dict) with a `flops` or `params` fraction target, a criterion among
-            fisher/taylor/magnitude, and a `schedule` (`{type: cubic, start: 0.1, end: 0.7, every: 50}`).
+            fisher/taylor/magnitude/movement (or `structures: [weights]` with `weights` settings), and a
+            `schedule` (`{type: cubic, start: 0.1, end: 0.7, every: 50}`).
         seq_len: sequence length for the FLOPs budget (default: the recipe's `seq_len`, else 128); for
             encoder-decoders (Whisper) the decoder's, i.e. the mean label length in tokens.
         encoder_seq_len: encoder-decoders only: the encoder's length for the budget (default: the recipe's
@@ -128,34 +90,52 @@ class PruningCallback(TrainerCallback):
         if teacher is not None and self.recipe.distill is None:
             raise RecipeError("PruningCallback got a teacher, but the recipe has no `distill` settings to use it with")
         self.teacher = teacher
-        self.metric = self.recipe.target.metric
-        self.weights = _training_weight_settings(self.recipe)  # None unless the recipe sparsifies weights alone
-        self.weight_masks: WeightMasks | None = None
-        structured = self.weights is None  # the target and criterion only concern heads and neurons
-        if structured and self.metric not in ("flops", "params"):
-            raise RecipeError(
-                "PruningCallback needs a flops or params fraction target (target.latency is measured once, by the "
-                "one-shot hfprune.prune; a flops target is the closest during training)"
-            )
-        if structured and self.recipe.criterion not in TRAINING_CRITERIA:
-            raise RecipeError(
-                f"criterion {self.recipe.criterion!r} is not available during training yet; use one of "
-                f"{TRAINING_CRITERIA}"
-            )
-        for one_shot in ("layers", "channels"):
-            if one_shot in self.recipe.structures:
-                raise RecipeError(
-                    f"PruningCallback prunes heads and neurons; structures: [{one_shot}] is one-shot only "
-                    "(hfprune.prune)"
-                )
-        self.seq_len = seq_len or self.recipe.seq_len or 128
-        self.encoder_seq_len = encoder_seq_len or self.recipe.encoder_seq_len
-        self.masks: SoftMasks | None = None
+        # Weight settings mean single weights alone (WeightPruning refuses heads/neurons beside them); the target
+        # and criterion then do not apply.
+        self.strategy: PruningStrategy = (
+            WeightPruning(self.recipe)
+            if self.recipe.weights is not None
+            else StructuredPruning(self.recipe, seq_len=seq_len, encoder_seq_len=encoder_seq_len)
+        )
         self.distiller: Distiller | None = None
-        self.plan: Plan | None = None
-        self.metrics: dict[str, float] = {}
-        self.accumulated: dict[str, torch.Tensor] = {}
-        self.shrunk = False  # pruned units already removed physically (schedule.shrink)
+
+    # ------------------------------------------------------------------------------------ strategy state
+    # Read where the callback is at hand (tests, scripts); None or empty where the mode has no such thing.
+
+    @property
+    def schedule(self) -> Schedule | None:
+        """The resolved `Schedule` (None before train begin)."""
+        return self.strategy.schedule
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The pruning metrics added to every Trainer log."""
+        return self.strategy.metrics
+
+    @property
+    def masks(self) -> SoftMasks | None:
+        """Heads and neurons: the `SoftMasks` while units are gated."""
+        return getattr(self.strategy, "masks", None)
+
+    @property
+    def accumulated(self) -> dict[str, torch.Tensor]:
+        """Heads and neurons: the accumulated scores, by site."""
+        return getattr(self.strategy, "accumulated", {})
+
+    @property
+    def plan(self) -> Plan | None:
+        """Heads and neurons: the `Plan` of the last pruning step."""
+        return getattr(self.strategy, "plan", None)
+
+    @property
+    def shrunk(self) -> bool:
+        """Heads and neurons: whether the pruned units were already removed physically."""
+        return getattr(self.strategy, "shrunk", False)
+
+    @property
+    def weight_masks(self) -> WeightMasks | None:
+        """Weights: the `WeightMasks` while training."""
+        return getattr(self.strategy, "weight_masks", None)
 
     # ---------------------------------------------------------------------------------------------- events
 
@@ -165,25 +145,9 @@ class PruningCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._run_before_reporters()  # again, for a callback added with `trainer.add_callback`
         prepared_adapter(model)
-        # The weights schedule runs on the kept density, like the structured one on the kept FLOPs/params.
-        final = 1 - self.weights.sparsity if self.weights is not None else self.recipe.target.get(self.metric)
-        self.schedule = resolve_schedule(self.recipe.schedule, final, state.max_steps)
-        if self.schedule.shrink is not None:
-            if self.weights is not None:
-                raise RecipeError("schedule.shrink removes pruned heads and neurons; a weights recipe has none")
-            # Where shrinking early cannot work, the model shrinks at train end: the same model, only slower to train.
-            reason = None
-            if args.world_size > 1:
-                reason = (f"it needs a single process (DDP registers the parameters with its wrapper, which surgery "
-                          f"cannot change); {args.world_size} processes")
-            elif args.load_best_model_at_end:
-                reason = "load_best_model_at_end may load a checkpoint from before the shrink, at the full size"
-            if reason:
-                logger.warning("PruningCallback: schedule.shrink is put off to train end: %s", reason)
-                self.schedule = replace(self.schedule, shrink=None)
+        self.strategy.resolve_schedule(args, state.max_steps)
         saved = self._saved_state(args, state)
-        self.shrunk = bool(saved and saved.get("shrunk"))
-        if self.shrunk and self.recipe.distill is not None and self.teacher is None:
+        if saved and saved.get("shrunk") and self.recipe.distill is not None and self.teacher is None:
             raise RecipeError(
                 "this checkpoint was written after schedule.shrink, so the model holds no dense copy to teach it: "
                 "pass the dense model, PruningCallback(recipe, teacher=dense)"
@@ -193,109 +157,38 @@ class PruningCallback(TrainerCallback):
             if self.teacher is not None:
                 self.teacher.to(next(model.parameters()).device)  # the Trainer placed the student, not the teacher
             self.distiller = Distiller(model, self.recipe.distill, teacher=self.teacher)
-        if self.weights is not None:
-            self.weight_masks = WeightMasks(model, self.weights)  # the zeros already there stay
-            self.metrics = saved["metrics"] if saved is not None else {"hfprune/weight_sparsity": 0.0}
-            return
-        if self.encoder_seq_len is None and is_encoder_decoder(model):
-            logger.warning("PruningCallback: no encoder_seq_len for %s; its encoder is counted at seq_len=%d, which "
-                           "skews the FLOPs budget (Whisper: set encoder_seq_len: 1500)", type(model).__name__,
-                           self.seq_len)
-        if self.shrunk:  # nothing is left to prune: the rest is plain training
-            self.metrics = saved["metrics"]
-            return
-        self.dense = count(model, seq_len=self.seq_len, encoder_seq_len=self.encoder_seq_len)
-        gradients = self.recipe.criterion in ("fisher", "taylor")
-        self.masks = SoftMasks(model, requires_grad=gradients).attach()
-        self.accumulated = {n: torch.zeros_like(g) for n, g in [*self.masks.heads.items(), *self.masks.neurons.items()]}
-        self.metrics = {"hfprune/flops_kept": 1.0}
-        if saved is not None:
-            self._restore(saved)
+        self.strategy.start(model, saved)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        # Movement needs the weights' gradients, which exist between backward and the optimizer step.
-        if self.masks is None or self.recipe.criterion != "movement":
-            return
-        heads, neurons = movement_step(model)
-        for name, score in [*heads.items(), *neurons.items()]:
-            if name in self.accumulated:
-                self.accumulated[name] += _mean_over_processes(score.to(self.accumulated[name].device))
+        self.strategy.before_optimizer_step(model)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        # Right after the step: momentum and weight decay move pruned weights off zero; the next forward must
-        # see them at exactly 0.
-        if self.weight_masks is not None:
-            self.weight_masks.apply()
+        self.strategy.after_optimizer_step()
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.weight_masks is not None:
-            density = self.schedule.target_at(state.global_step)
-            if density is not None:
-                self.weight_masks.prune_to(1 - density)
-                self.metrics = {"hfprune/weight_sparsity": self.weight_masks.sparsity()}
-            return
-        if self.masks is None:
-            return
-        for name, gate in [*self.masks.heads.items(), *self.masks.neurons.items()]:
-            if gate.grad is not None:
-                grad = _mean_over_processes(gate.grad.detach())
-                self.accumulated[name] += grad.pow(2) if self.recipe.criterion == "fisher" else grad.abs()
-                gate.grad = None
-        target = self.schedule.target_at(state.global_step)
-        if target is not None and (target < 1 or self.plan is not None):  # a cubic schedule starts at "keep all"
-            self._prune_to(model, target)
-        if state.global_step == self.schedule.shrink:
-            self._shrink(model, kwargs.get("optimizer"))
+        self.strategy.step_end(model, state.global_step, kwargs.get("optimizer"))
 
     def on_save(self, args, state, control, **kwargs):
-        if (self.masks is None and self.weight_masks is None and not self.shrunk) or not args.should_save:
+        if not self.strategy.active or not args.should_save:
             return
         directory = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        # Weight masks need no saving: the checkpoint's zeros are the masks when training resumes.
-        gated = [] if self.masks is None else [*self.masks.heads.items(), *self.masks.neurons.items()]
-        gates = {n: g.detach().cpu().tolist() for n, g in gated}
-        payload = {
-            "recipe": self.recipe.to_dict(),
-            "step": state.global_step,
-            "gates": gates,
-            "accumulated": {n: a.cpu().tolist() for n, a in self.accumulated.items()},
-            "metrics": self.metrics,
-            "shrunk": self.shrunk,
-        }
+        payload = {"recipe": self.recipe.to_dict(), "step": state.global_step, **self.strategy.checkpoint_state()}
         if directory.is_dir():
             (directory / CALLBACK_STATE).write_text(json.dumps(payload))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and self.metrics:
-            logs.update(self.metrics)
+        metrics = self.strategy.metrics
+        if logs is not None and metrics:
+            logs.update(metrics)
             # The Trainer stored a copy of `logs` just before calling the callbacks.
             if state.log_history and state.log_history[-1].get("step") == state.global_step:
-                state.log_history[-1].update(self.metrics)
+                state.log_history[-1].update(metrics)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.distiller is not None:
             self.distiller.detach()
             self.distiller = None
-        if self.weight_masks is not None:
-            self.weight_masks.apply()
-            self.weight_masks = None
-            ensure_record(model).recipe = self.recipe.to_dict()
-        elif self.masks is not None:
-            self._shrink(model)
-
-    @torch.no_grad()
-    def _shrink(self, model, optimizer=None) -> None:
-        """Remove the zero-gated units physically; an optimizer passed in goes on training what is left."""
-        heads, neurons = self.masks.zeros()
-        self.masks.remove()
-        self.masks, self.accumulated = None, {}
-        with replacements() as replaced:
-            remove_heads(model, heads)
-            remove_neurons(model, neurons)
-        if optimizer is not None:
-            follow_surgery(optimizer, model, replaced)
-        ensure_record(model).recipe = self.recipe.to_dict()
-        self.shrunk = True
+        self.strategy.end(model)
 
     def _run_before_reporters(self) -> None:
         """Move this callback to the front of the Trainer's callback list.
@@ -334,41 +227,3 @@ class PruningCallback(TrainerCallback):
             changed = sorted(k for k in saved["recipe"] if saved["recipe"][k] != self.recipe.to_dict().get(k))
             raise RecipeError(f"the checkpoint was written with a different recipe (fields {changed} differ)")
         return saved
-
-    @torch.no_grad()
-    def _restore(self, saved: dict) -> None:
-        for name, gate in [*self.masks.heads.items(), *self.masks.neurons.items()]:
-            gate.copy_(torch.tensor(saved["gates"][name], dtype=gate.dtype))
-            self.accumulated[name].copy_(torch.tensor(saved["accumulated"][name], dtype=gate.dtype))
-        self.metrics = saved["metrics"]
-
-    # ------------------------------------------------------------------------------------------- pruning
-
-    def _scores(self, model) -> Scores:
-        if self.recipe.criterion == "magnitude":
-            scores = compute_scores(model, "magnitude", [])
-        else:
-            scores = Scores(
-                {n: self.accumulated[n].clone() for n in self.masks.heads},
-                {n: self.accumulated[n].clone() for n in self.masks.neurons},
-                comparable=self.recipe.criterion == "fisher",  # movement, like taylor, is a first-order score
-            )
-        # What is gone stays gone: a removed unit can never outrank a kept one.
-        for table, gates in ((scores.heads, self.masks.heads), (scores.neurons, self.masks.neurons)):
-            for name, gate in gates.items():
-                table[name] = table[name].float().masked_fill(gate.detach() == 0, float("-inf"))
-        return scores
-
-    @torch.no_grad()
-    def _prune_to(self, model, fraction: float) -> None:
-        recipe = replace(self.recipe, target={self.metric: fraction}, rearrange=False, tune=False)
-        self.plan = search(self.dense, self._scores(model), recipe)
-        self.plan.apply(self.masks)
-        params_kept = planned_cost(self.plan, self.dense, "params") / self.dense.params
-        self.metrics = {
-            "hfprune/flops_kept": planned_cost(self.plan, self.dense, "flops") / self.dense.flops,
-            "hfprune/params_kept": params_kept,
-            "hfprune/sparsity": 1 - params_kept,  # of the whole model's parameters
-            "hfprune/heads_kept": sum(len(k) for k in self.plan.heads.values()),
-            "hfprune/neurons_kept": sum(len(k) for k in self.plan.neurons.values()),
-        }

@@ -1,0 +1,92 @@
+"""Layer dropping for one-shot pruning (`structures: [layers]`): whole transformer layers scored by block
+importance, BI = 1 - E[cos(x_in, x_out)] (ShortGPT, Men et al. 2024), and removed from the least important up,
+until the model fits a FLOPs or params budget. A layer whose output barely turns its input contributes little."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..core import find_stacks
+from ..core.surgery import remove_layers
+from ..cost.flops import ModelCount
+from ..errors import RecipeError
+from ..publish.report import PruningReport
+from ..recipe import Recipe
+
+
+@torch.no_grad()
+def prune_layers(model: nn.Module, recipe: Recipe, batches: list, before: ModelCount, report: PruningReport) -> None:
+    """Remove whole layers of `model` to `recipe.target`, least important first.
+
+    Args:
+        model: the model to prune in place.
+        recipe: a `Recipe` with a `flops` or `params` target.
+        batches: calibration batches, on the model's device.
+        before: the dense model's `ModelCount`, which the target is a fraction of.
+        report: the `PruningReport` that gets the phase times and `layer_scores`.
+    """
+    metric = recipe.target.metric
+    if metric not in ("flops", "params"):
+        raise RecipeError("structures: [layers] needs a flops or params target")
+    with report.phase("scoring"):
+        importance = block_importance(model, batches)
+    removed = choose_layers(importance, before, recipe)
+    report.layer_scores = importance
+    with report.phase("surgery"):
+        remove_layers(model, removed)
+
+
+def choose_layers(importance: dict[str, float], before: ModelCount, recipe: Recipe) -> list[str]:
+    """The layers to remove (`"<stack>.<index>"`), least important first, until what is left fits the budget.
+
+    Every stack keeps at least one layer, so a target that only emptying a stack would meet is refused.
+    """
+    metric = recipe.target.metric
+    layer_cost = {}
+    for site in before.sites.values():
+        layer = site.name.rsplit(".", 1)[0]
+        layer_cost[layer] = layer_cost.get(layer, 0) + (site.flops if metric == "flops" else site.params)
+    total = before.flops if metric == "flops" else before.params
+    budget = recipe.target.get(metric) * total
+    removed, spent = [], total
+    for layer in sorted(importance, key=importance.get):
+        if spent <= budget:
+            break
+        stack = layer.split(".")[0]
+        in_stack = [name for name in importance if name.startswith(stack + ".")]
+        if len(in_stack) - sum(r in in_stack for r in removed) <= 1:
+            continue  # a stack keeps at least one layer
+        removed.append(layer)
+        spent -= layer_cost[layer]
+    if spent > budget:
+        raise RecipeError(f"target.{metric}={recipe.target.get(metric)} cannot be met by removing whole layers")
+    return removed
+
+
+@torch.no_grad()
+def block_importance(model: nn.Module, batches: list) -> dict[str, float]:
+    """Block importance of every layer, `"<stack>.<index>"` -> 1 - cos(input, output), averaged over tokens and
+    then over `batches`."""
+    sums: dict[str, float] = {}
+    handles = []
+
+    def hook(name):
+        def record(module, args, output):
+            hidden_in = args[0]
+            hidden_out = output[0] if isinstance(output, tuple) else output
+            cosine = nn.functional.cosine_similarity(hidden_in.float(), hidden_out.float(), dim=-1)
+            sums[name] = sums.get(name, 0.0) + float(1 - cosine.mean())
+
+        return record
+
+    for stack in find_stacks(model):
+        for index, layer in enumerate(stack.layers):
+            handles.append(layer.register_forward_hook(hook(f"{stack.spec.name}.{index}")))
+    try:
+        for batch in batches:
+            model(**{k: v for k, v in batch.items() if k != "labels"})
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: total / len(batches) for name, total in sums.items()}
