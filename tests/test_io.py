@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
 import transformers
-from tiny_models import build, inputs
+from tiny_models import TEXT, build, inputs
 
 import hfprune
 from hfprune.errors import CheckpointError
@@ -175,3 +176,161 @@ def test_auto_class_picks_the_concrete_model(checkpoint):
 def test_arguments_in_the_wrong_order_are_named(checkpoint):
     with pytest.raises(CheckpointError, match="the model class goes second"):
         hfprune.from_pretrained(transformers.AutoModelForSequenceClassification, checkpoint)
+
+
+# Real checkpoints' quirks: what `AutoModel.from_pretrained` accepts, `hfprune.from_pretrained` accepts too.
+
+
+def add_tensors(directory, tensors):
+    """Write `tensors` into the checkpoint's (single) safetensors file, as an older transformers would have."""
+    from safetensors.torch import load_file, save_file
+
+    path = directory / "model.safetensors"
+    save_file({**load_file(path), **tensors}, path, metadata={"format": "pt"})
+
+
+def hidden(model, family="bert"):
+    with torch.no_grad():
+        return model(**inputs(family)).last_hidden_state
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["dense", "pruned"])
+def test_legacy_position_ids_buffer_is_ignored(pruned, tmp_path):
+    model = uniformly_pruned("bert") if pruned else build("bert")
+    hfprune.save_pretrained(model, tmp_path)
+    assert (tmp_path / "pruning_config.json").exists() == pruned
+    add_tensors(tmp_path, {"bert.embeddings.position_ids": torch.arange(64)[None]})
+    assert torch.equal(logits(hfprune.from_pretrained(tmp_path), "bert"), logits(model, "bert"))
+
+
+def test_keys_the_class_ignores_are_ignored_in_a_pruned_checkpoint(tmp_path):
+    model = uniformly_pruned("gpt2")
+    hfprune.save_pretrained(model, tmp_path)
+    # GPT2's causal-mask buffer, saved by old checkpoints: GPT2 lists "attn.bias" in _keys_to_ignore_on_load_unexpected.
+    add_tensors(tmp_path, {"transformer.h.0.attn.bias": torch.ones(1, 1, 64, 64)})
+    assert torch.equal(logits(hfprune.from_pretrained(tmp_path), "gpt2"), logits(model, "gpt2"))
+
+
+def test_unknown_tensor_in_a_pruned_checkpoint_is_named(checkpoint):
+    add_tensors(checkpoint, {"bert.encoder.layer.0.extra.weight": torch.zeros(3)})
+    with pytest.raises(CheckpointError, match=r"tensors the model does not have: \['bert.encoder.layer.0.extra"):
+        hfprune.from_pretrained(checkpoint)
+
+
+def test_corrupt_dense_checkpoint_is_named(tmp_path):
+    build("bert").save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="transformers could not load it as BertForSequenceClassification"):
+        hfprune.from_pretrained(tmp_path)
+
+
+def sentence_transformers_folder(directory):
+    """A folder laid out as sentence-transformers ships one (all-MiniLM-L6-v2, say): a plain BertModel, whose keys
+    carry no `bert.` prefix, still holding the legacy position_ids buffer, beside the pooling and module files."""
+    model = transformers.BertModel(transformers.BertConfig(**TEXT)).eval()
+    model.save_pretrained(directory)
+    add_tensors(directory, {"embeddings.position_ids": torch.arange(64)[None]})
+    vocab = directory / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(94))]) + "\n")
+    transformers.BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(directory)
+    (directory / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]))
+    (directory / "1_Pooling").mkdir()
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32,
+                                                                     "pooling_mode_mean_tokens": True}))
+    (directory / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    return model
+
+
+def test_sentence_transformers_folder_prunes_and_reloads(tmp_path):
+    folder = tmp_path / "minilm"
+    original = sentence_transformers_folder(folder)
+    model = hfprune.from_pretrained(folder)
+    assert type(model).__name__ == "BertModel"
+    assert torch.equal(hidden(model), hidden(original))
+    assert hfprune.count(hfprune.from_pretrained(folder, device="meta"), 8).params == hfprune.count(model, 8).params
+    hfprune.remove_heads(model, {"encoder.0.attention": [0, 2]})
+    hfprune.remove_neurons(model, {"encoder.1.ffn": [3, 4]})
+    hfprune.save_pretrained(model, tmp_path / "pruned")
+    add_tensors(tmp_path / "pruned", {"embeddings.position_ids": torch.arange(64)[None]})
+    assert torch.equal(hidden(hfprune.from_pretrained(tmp_path / "pruned")), hidden(model))
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["dense", "pruned"])
+def test_base_model_checkpoint_loads_into_a_task_model_and_back(pruned, tmp_path):
+    base = sentence_transformers_folder(tmp_path / "base")
+    if pruned:
+        base = hfprune.from_pretrained(tmp_path / "base")
+        hfprune.remove_heads(base, {"encoder.0.attention": [1]})
+        hfprune.save_pretrained(base, tmp_path / "base")
+    # Keys without "bert.": the prefix is added, and the classifier is new, as transformers makes it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the pruned path says which tensors are new
+        task = hfprune.from_pretrained(tmp_path / "base", transformers.AutoModelForSequenceClassification)
+    assert type(task).__name__ == "BertForSequenceClassification" and not task.classifier.weight.is_meta
+    assert torch.equal(hidden(task.bert), hidden(base))
+    assert 0 < task.classifier.weight.std() < 0.1, "initialized as transformers does (normal, std 0.02)"
+    # Keys with "bert.": the prefix is stripped, and the classifier left out.
+    hfprune.save_pretrained(task, tmp_path / "task")
+    back = hfprune.from_pretrained(tmp_path / "task", transformers.AutoModel)
+    assert type(back).__name__ == "BertModel"
+    assert torch.equal(hidden(back), hidden(base))
+
+
+def test_cli_prunes_a_sentence_transformers_folder(tmp_path, capsys):
+    from hfprune.cli import main
+
+    folder = tmp_path / "minilm"
+    sentence_transformers_folder(folder)
+    data = tmp_path / "calib.txt"
+    data.write_text("".join(" ".join(f"w{(i * 7 + j) % 94}" for j in range(3 + i % 5)) + "\n" for i in range(24)))
+    out = tmp_path / "pruned"
+    code = main(["prune", "--model", str(folder), "--recipe", "recipes/bert-heads-ffn-activation.yaml",
+                 "--data", str(data), "--out", str(out), "--batch-size", "8"])
+    assert code == 0, capsys.readouterr().err
+    assert "saved to" in capsys.readouterr().out
+    reloaded = hfprune.from_pretrained(out)
+    assert type(reloaded).__name__ == "BertModel" and (out / "pruning_config.json").exists()
+    assert hfprune.count(reloaded, 8).flops < hfprune.count(hfprune.from_pretrained(folder), 8).flops
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["dense", "pruned"])
+def test_sharded_weights(pruned, tmp_path):
+    model = uniformly_pruned("bert") if pruned else build("bert")
+    hfprune.save_pretrained(model, tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").exists() and not (tmp_path / "model.safetensors").exists()
+    assert (tmp_path / "pruning_config.json").exists() == pruned
+    assert torch.equal(logits(hfprune.from_pretrained(tmp_path), "bert"), logits(model, "bert"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("pruned", [False, True], ids=["dense", "pruned"])
+def test_half_precision_checkpoint_keeps_its_dtype(pruned, dtype, tmp_path):
+    model = (uniformly_pruned("llama") if pruned else build("llama")).to(dtype)
+    hfprune.save_pretrained(model, tmp_path)
+    assert (tmp_path / "pruning_config.json").exists() == pruned
+    reloaded = hfprune.from_pretrained(tmp_path)
+    assert {p.dtype for p in reloaded.parameters()} == {dtype}
+    assert all(torch.equal(p, model.get_parameter(n)) for n, p in reloaded.named_parameters())
+    # Exactly what transformers 5 loads (dtype="auto": the checkpoint's), rotary inv_freq kept in float32 included;
+    # the uniform pruning lets transformers load the pruned checkpoint too.
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert {n: b.dtype for n, b in reloaded.named_buffers()} == {n: b.dtype for n, b in plain.named_buffers()}
+    assert torch.equal(logits(reloaded, "llama"), logits(plain, "llama"))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("pruned", [False, True], ids=["dense", "pruned"])
+def test_tied_embeddings_stay_tied(family, pruned, tmp_path):
+    model = build(family, tie_word_embeddings=True)
+    if pruned:
+        names = hfprune.sites(model)
+        hfprune.remove_heads(model, {n: [1, 3] for n, k in names.items() if k == "attention"})
+        hfprune.remove_neurons(model, {n: [0, 5] for n, k in names.items() if k == "ffn"})
+    hfprune.save_pretrained(model, tmp_path)
+    reloaded = hfprune.from_pretrained(tmp_path)
+    assert (tmp_path / "pruning_config.json").exists() == pruned
+    assert reloaded.lm_head.weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()
+    assert torch.equal(logits(reloaded, family), logits(model, family))
