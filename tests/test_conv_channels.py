@@ -16,8 +16,8 @@ from tiny_models import build
 
 import hfprune
 from hfprune.core import resolve_conv_sites
-from hfprune.errors import PruningSpecError
 from hfprune.cost.flops import conv_frames
+from hfprune.errors import PruningSpecError
 from hfprune.structured.criteria import Scores, compute_scores
 from hfprune.structured.search import planned_cost, search
 

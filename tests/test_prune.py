@@ -10,9 +10,9 @@ import transformers
 from tiny_models import build, inputs
 
 import hfprune
+from hfprune.core.masks import SoftMasks
 from hfprune.errors import CalibrationError
 from hfprune.structured.criteria import compute_scores
-from hfprune.core.masks import SoftMasks
 from hfprune.structured.refine import fold_gates
 from hfprune.structured.search import search
 

@@ -15,12 +15,12 @@ from test_callback import RandomTopics, StopAt
 from tiny_models import build, inputs
 
 import hfprune
-from hfprune.errors import CalibrationError
 from hfprune.calibration.capture import InputStatistic, block_calls
-from hfprune.sparsity.sparsegpt import sparsegpt_prune
+from hfprune.errors import CalibrationError
 from hfprune.settings import WeightSettings
 from hfprune.sparsity.criteria import prune_layer
 from hfprune.sparsity.selection import count, lowest
+from hfprune.sparsity.sparsegpt import sparsegpt_prune
 from hfprune.sparsity.targets import Target, weight_targets
 
 # FFN widths that tile into groups of 4 and 8 (the tiny models' default, 37, does not).

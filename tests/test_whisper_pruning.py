@@ -10,11 +10,11 @@ from tiny_models import build, inputs
 from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
 import hfprune
-from hfprune.training.distill import Distiller
-from hfprune.structured.criteria import compute_scores
 from hfprune.calibration.lengths import mean_lengths, positions
-from hfprune.structured.refine import _first_tokens
 from hfprune.calibration.seq2seq import _after_end, shift_right, transcribe, with_decoder_inputs
+from hfprune.structured.criteria import compute_scores
+from hfprune.structured.refine import _first_tokens
+from hfprune.training.distill import Distiller
 
 
 def audio(batches=3, batch=2):

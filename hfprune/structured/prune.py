@@ -30,10 +30,12 @@ from ..recipe import Recipe
 from ..registry import WEIGHT_CRITERIA
 from ..sparsity.sparsify import sparsify
 from ..sparsity.targets import check_widths, weight_targets
+from .agreement import agreement, model_outputs
 from .criteria import NEEDS_DATA, compute_scores
 from .latency_budget import latency_costed
 from .layers import prune_layers
-from .refine import agreement, fold_gates, model_outputs, rearrange, reconstruct_weights, tune_masks
+from .rearrange import rearrange
+from .refine import fold_gates, reconstruct_weights, tune_masks
 from .search import search
 
 QUALITY_SAMPLES = 128

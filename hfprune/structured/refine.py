@@ -1,9 +1,7 @@
-"""Retraining-free refinement of a pruning plan (Kwon et al. 2022, "A Fast Post-Training Pruning Framework
-for Transformers", sections 4.2-4.3), and measuring how close a masked model stays to the dense one.
+"""Retraining-free refinement of the kept units' weights, layer by layer against the dense model (Kwon et al.
+2022, "A Fast Post-Training Pruning Framework for Transformers", section 4.3; the choice of units is refined in
+`rearrange.py`).
 
-- Mask rearrangement: within each site, keep as many units as the search chose, but pick *which* ones to
-  minimise the second-order loss estimate sum_b (sum_{i removed} g_bi)^2 over per-batch gate gradients, so
-  units whose gradients cancel can go together. Greedy best-swap search.
 - Mask tuning: site by site (in model order, so each sees its pruned predecessors), least-squares scales on
   the kept heads/neurons so that residual + block output matches the dense model's, which also corrects the
   drift the pruned earlier layers left in the residual stream. The scales live in the gates and are folded
@@ -24,9 +22,8 @@ from ..calibration.lengths import positions
 from ..core import residual_source, resolve_sites
 from ..core.linear import weight_out_in
 from ..core.masks import SoftMasks
-from .criteria import Scores, real_positions
+from .criteria import real_positions
 
-MAX_SWAPS = 50
 # Tokens per site for mask tuning: thousands of tokens x hidden size equations for at most a few thousand
 # unknowns is well posed; more only costs time (each site needs a pass of its layer over them).
 MAX_TOKENS = 8192
@@ -35,49 +32,6 @@ MAX_TOKENS = 8192
 RECONSTRUCTION_TOKENS = 32768
 # The dense targets of every site are held at once (float32, one hidden-size row per token and site).
 TARGET_BYTES = 2 * 2**30
-
-
-# ----------------------------------------------------------------------------------------- rearrangement
-
-
-def _best_removed_set(grads: torch.Tensor, kept: list[int]) -> list[int]:
-    units = grads.shape[1]
-    keep_mask = torch.zeros(units, dtype=torch.bool)
-    keep_mask[kept] = True
-    for _ in range(MAX_SWAPS):
-        removed, kept_now = (~keep_mask).nonzero().flatten(), keep_mask.nonzero().flatten()
-        if not len(removed) or not len(kept_now):
-            break
-        g_removed, g_kept = grads[:, removed], grads[:, kept_now]
-        s = g_removed.sum(1)  # (batches,)
-        objective = float(s.pow(2).sum())
-        # Swapping removed unit i back in for kept unit j changes the objective by a_i + c_j - 2 g_i . g_j.
-        a = g_removed.pow(2).sum(0) - 2 * (s @ g_removed)
-        c = g_kept.pow(2).sum(0) + 2 * (s @ g_kept)
-        delta = a[:, None] + c[None, :] - 2 * (g_removed.t() @ g_kept)
-        best = int(delta.argmin())
-        i, j = divmod(best, delta.shape[1])
-        if float(delta.flatten()[best]) >= -1e-9 * max(objective, 1e-30):
-            break
-        keep_mask[removed[i]], keep_mask[kept_now[j]] = True, False
-    return sorted(keep_mask.nonzero().flatten().tolist())
-
-
-def rearrange(plan, scores: Scores, counts):
-    """Rearrange each site's kept set (same size) using the per-batch gradients of a gradient criterion.
-    GQA sites, whose units are tied across groups, keep the search's choice."""
-    tables = ((plan.heads, scores.head_grads), (plan.neurons, scores.neuron_grads),
-              (plan.channels, scores.channel_grads))
-    for table, grads in tables:
-        for name, kept in table.items():
-            grad = grads.get(name)
-            if grad is None or not 0 < len(kept) < grad.shape[1] or grad.shape[0] < 2:
-                continue
-            site = counts.sites[name]
-            if table is plan.heads and site.units != site.kv_units:
-                continue  # GQA: heads go in tied units; a single swap would break the group rule
-            table[name] = _best_removed_set(grad.double(), kept)
-    return plan
 
 
 # ------------------------------------------------------------------------------------------- mask tuning
@@ -397,37 +351,3 @@ def fold_gates(model: nn.Module, masks: SoftMasks) -> None:
         per_column = gate.to(weight.dtype).repeat_interleave(weight.shape[1] // gate.shape[0])
         weight.mul_(per_column)
         gate.fill_(1.0)
-
-
-# ----------------------------------------------------------------------------------------------- quality
-
-
-@torch.no_grad()
-def model_outputs(model: nn.Module, batches: list) -> list[torch.Tensor]:
-    outputs = []
-    for batch in batches:
-        output = model(**_inputs(batch))
-        logits = getattr(output, "logits", None)
-        outputs.append((logits if logits is not None else output[0]).float())
-    return outputs
-
-
-@torch.no_grad()
-def agreement(model: nn.Module, plan_or_masks, batches: list, reference: list) -> dict[str, float]:
-    """How close the masked model stays to the dense one (`reference`: `model_outputs` of the unmasked
-    model) on `batches`: argmax agreement and mean KL per position of the outputs."""
-    if isinstance(plan_or_masks, SoftMasks):
-        pruned = model_outputs(model, batches)
-    else:
-        with SoftMasks(model, channels=bool(plan_or_masks.channels)) as masks:
-            plan_or_masks.apply(masks)
-            pruned = model_outputs(model, batches)
-    agree = positions = 0
-    kl = 0.0
-    for dense, student in zip(reference, pruned, strict=True):
-        agree += int((dense.argmax(-1) == student.argmax(-1)).sum())
-        positions += dense[..., 0].numel()
-        kl += float(
-            nn.functional.kl_div(student.log_softmax(-1), dense.log_softmax(-1), log_target=True, reduction="sum")
-        )
-    return {"agreement": agree / positions, "kl": max(0.0, kl / positions)}

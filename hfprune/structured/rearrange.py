@@ -1,0 +1,53 @@
+"""Mask rearrangement (Kwon et al. 2022, "A Fast Post-Training Pruning Framework for Transformers", section 4.2):
+within each site, keep as many units as the search chose, but pick *which* ones to minimise the second-order loss
+estimate sum_b (sum_{i removed} g_bi)^2 over per-batch gate gradients, so units whose gradients cancel can go
+together. Greedy best-swap search.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .criteria import Scores
+
+MAX_SWAPS = 50
+
+
+def _best_removed_set(grads: torch.Tensor, kept: list[int]) -> list[int]:
+    units = grads.shape[1]
+    keep_mask = torch.zeros(units, dtype=torch.bool)
+    keep_mask[kept] = True
+    for _ in range(MAX_SWAPS):
+        removed, kept_now = (~keep_mask).nonzero().flatten(), keep_mask.nonzero().flatten()
+        if not len(removed) or not len(kept_now):
+            break
+        g_removed, g_kept = grads[:, removed], grads[:, kept_now]
+        s = g_removed.sum(1)  # (batches,)
+        objective = float(s.pow(2).sum())
+        # Swapping removed unit i back in for kept unit j changes the objective by a_i + c_j - 2 g_i . g_j.
+        a = g_removed.pow(2).sum(0) - 2 * (s @ g_removed)
+        c = g_kept.pow(2).sum(0) + 2 * (s @ g_kept)
+        delta = a[:, None] + c[None, :] - 2 * (g_removed.t() @ g_kept)
+        best = int(delta.argmin())
+        i, j = divmod(best, delta.shape[1])
+        if float(delta.flatten()[best]) >= -1e-9 * max(objective, 1e-30):
+            break
+        keep_mask[removed[i]], keep_mask[kept_now[j]] = True, False
+    return sorted(keep_mask.nonzero().flatten().tolist())
+
+
+def rearrange(plan, scores: Scores, counts):
+    """Rearrange each site's kept set (same size) using the per-batch gradients of a gradient criterion.
+    GQA sites, whose units are tied across groups, keep the search's choice."""
+    tables = ((plan.heads, scores.head_grads), (plan.neurons, scores.neuron_grads),
+              (plan.channels, scores.channel_grads))
+    for table, grads in tables:
+        for name, kept in table.items():
+            grad = grads.get(name)
+            if grad is None or not 0 < len(kept) < grad.shape[1] or grad.shape[0] < 2:
+                continue
+            site = counts.sites[name]
+            if table is plan.heads and site.units != site.kv_units:
+                continue  # GQA: heads go in tied units; a single swap would break the group rule
+            table[name] = _best_removed_set(grad.double(), kept)
+    return plan
