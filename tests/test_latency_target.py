@@ -9,10 +9,10 @@ import torch
 from tiny_models import build, inputs
 
 import hfprune
-from hfprune.structured.criteria import compute_scores
 from hfprune.cost.latency import LatencyProfile, profile_latency
-from hfprune.structured.search import planned_cost, search
 from hfprune.publish.summary import summarize
+from hfprune.structured.criteria import compute_scores
+from hfprune.structured.search import planned_cost, search
 
 prune_module = importlib.import_module("hfprune.structured.prune")  # `hfprune.prune` the attribute is the function
 

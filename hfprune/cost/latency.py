@@ -1,7 +1,11 @@
-"""Measured latency of a forward pass on dummy inputs that any supported model accepts, and the latency model
-behind a `target.latency` budget.
+"""Measured latency: the one timer (`measure_latency`, used by the library and by every benchmark), dummy inputs
+that any supported model accepts, and the latency model behind a `target.latency` budget.
 
-Inputs follow the model's `main_input_name`: token ids for text models, raw audio for wav2vec2-family models,
+The timer calls several models in interleaved rounds (forward passes, or `generate()` decoding a fixed number of
+tokens), waits for CUDA before reading the clock, and keeps every round's timings so that models are compared by
+paired per-round ratios, which resist the noise of a shared machine.
+
+Dummy inputs follow the model's `main_input_name`: token ids for text models, raw audio for wav2vec2-family models,
 log-mel features (plus decoder ids) for Whisper. Only shapes matter for speed, so values are random.
 
 FLOPs do not predict time evenly. On a CPU, attention costs more per FLOP than the FFN's large matmuls
@@ -19,6 +23,7 @@ import copy
 import math
 import statistics
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -66,53 +71,142 @@ def dummy_inputs(model: nn.Module, seq_len: int = 128, batch_size: int = 1, seed
     return {k: (v.to(dtype) if v.is_floating_point() else v).to(device) for k, v in batch.items()}
 
 
+class LatencyResult(dict):
+    """What `measure_latency` returns: a `dict` of model name to median seconds per call, which also keeps every
+    round's timings for paired comparisons.
+
+    On a shared or throttling machine, a model timed a little later can look slower for no reason of its own. Each
+    round calls every model once, back to back, so a ratio of two timings from the same round cancels most of that
+    noise; the median of those per-round ratios (`ratios`, `speedups`) is a far steadier comparison than a ratio of
+    two medians taken over different moments.
+
+    Attributes:
+        rounds (`dict[str, list[float]]`):
+            Model name to the seconds of each timed call, round by round; every model has one timing per round.
+    """
+
+    def __init__(self, rounds: dict[str, list[float]]):
+        super().__init__({name: statistics.median(times) for name, times in rounds.items()})
+        self.rounds = rounds
+
+    def ratios(self, reference: str) -> dict[str, float]:
+        """Model name to the median over rounds of (its seconds / `reference`'s seconds in the same round): below 1
+        is faster than the reference. The reference's own ratio is exactly 1."""
+        return self._paired(reference, lambda seconds, base: seconds / base)
+
+    def speedups(self, reference: str) -> dict[str, float]:
+        """Model name to the median over rounds of (`reference`'s seconds / its seconds in the same round): above 1
+        is faster than the reference. The reference's own speedup is exactly 1."""
+        return self._paired(reference, lambda seconds, base: base / seconds)
+
+    def _paired(self, reference: str, ratio) -> dict[str, float]:
+        if reference not in self.rounds:
+            raise ValueError(f"reference {reference!r} is not one of the models {list(self.rounds)}")
+        base = self.rounds[reference]
+        return {
+            name: statistics.median(ratio(s, b) for s, b in zip(times, base, strict=True))
+            for name, times in self.rounds.items()
+        }
+
+
+def _device(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels: CUDA (and other accelerators) run asynchronously."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type != "cpu" and hasattr(getattr(torch, device.type, None), "synchronize"):
+        getattr(torch, device.type).synchronize()
+
+
 @torch.inference_mode()
 def measure_latency(
-    models: dict[str, nn.Module], inputs: dict[str, torch.Tensor], runs: int = 5, warmup: int = 1
-) -> dict[str, float]:
-    """Median seconds of a forward pass of each model on `inputs`.
+    models: Mapping[str, nn.Module],
+    inputs: Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]],
+    runs: int = 5,
+    warmup: int = 1,
+    *,
+    method: str = "forward",
+    **kwargs,
+) -> LatencyResult:
+    """Time a forward pass (or `generate()`, or any other method) of several models side by side.
 
-    Runs alternate between the models (dense, pruned, dense, pruned, ...) so that background load or CPU
-    frequency changes hit every model alike, rather than whichever happened to be timed during them.
+    The models take turns within each round (dense, pruned, dense, pruned, ...), the first one rotating from round
+    to round, so background load or CPU frequency changes hit every model alike rather than whichever happened to
+    be timed during them. Every model is called `warmup` untimed times first (allocator, lazy init), then once per
+    round for `runs` rounds. A timing waits for the device (`torch.cuda.synchronize`) before starting and before
+    stopping. Models run in eval mode under `torch.inference_mode()`; their mode is restored after.
 
     Args:
-        models: name -> model.
-        inputs: from `dummy_inputs`; every model must accept them.
-        runs: timed passes per model.
-        warmup: untimed passes per model first (allocator, lazy init).
+        models (`Mapping[str, nn.Module]`):
+            Name to model; every model must accept the inputs.
+        inputs (`dict[str, torch.Tensor]` or a list of them):
+            Keyword arguments of one call, e.g. from `dummy_inputs`. With a list, round `r` uses `inputs[r % len]`
+            for every model (batches of different lengths then hit all models alike). Tensors are moved to each
+            model's device before any timing.
+        runs (`int`, defaults to 5):
+            Timed rounds: timed calls per model.
+        warmup (`int`, defaults to 1):
+            Untimed rounds first.
+        method (`str`, defaults to `"forward"`):
+            `"forward"` calls `model(**inputs)`; any other name calls that method, e.g. `"generate"`.
+        kwargs:
+            Passed to every call, e.g. `min_new_tokens=32, max_new_tokens=32` so that `generate()` decodes exactly
+            32 tokens with every model (a damaged model that rambles would otherwise look slow for producing more).
 
     Returns:
-        name -> median seconds.
+        `LatencyResult`: a dict of model name to median seconds per call; `.ratios(reference)` and
+        `.speedups(reference)` give paired comparisons, `.rounds` every timing.
 
     Example:
         ```python
-        >>> measure_latency({"dense": dense, "pruned": pruned}, dummy_inputs(dense, seq_len=128))
+        >>> import hfprune
+        >>> inputs = hfprune.dummy_inputs(dense, seq_len=128)
+        >>> result = hfprune.measure_latency({"dense": dense, "pruned": pruned}, inputs, runs=20)
+        >>> result
         {'dense': 0.0123, 'pruned': 0.0064}
+        >>> result.speedups("dense")
+        {'dense': 1.0, 'pruned': 1.93}
+        >>> # decoding 16 tokens per call
+        >>> hfprune.measure_latency(models, {"input_features": features}, method="generate",
+        ...                         min_new_tokens=16, max_new_tokens=16, do_sample=False)
         ```
     """
-    times = _timed_runs(models, inputs, runs, warmup)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-@torch.inference_mode()
-def _timed_runs(models: dict[str, nn.Module], inputs: dict, runs: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds of every timed pass of each model, the models alternating within each run."""
-    device = next(iter(inputs.values())).device
-    # CUDA kernels run asynchronously: a timing must wait until they are done.
-    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for model in models.values():
-        model.eval()
-        for _ in range(warmup):
-            model(**inputs)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(runs):
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    batches = [inputs] if isinstance(inputs, Mapping) else list(inputs)
+    if not batches:
+        raise ValueError("inputs is empty")
+    devices = {name: _device(model) for name, model in models.items()}
+    staged = {
+        device: [{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()} for batch in batches]
+        for device in set(devices.values())
+    }
+    calls = {name: model if method == "forward" else getattr(model, method) for name, model in models.items()}
+    modes = {name: model.training for name, model in models.items()}
+    names = list(models)
+    rounds: dict[str, list[float]] = {name: [] for name in names}
+    try:
+        for model in models.values():
+            model.eval()
+        for round_ in range(-warmup, runs):
+            for k in range(len(names)):
+                name = names[(round_ + k) % len(names)]
+                device = devices[name]
+                batch = staged[device][round_ % len(batches)]
+                _synchronize(device)
+                start = time.perf_counter()
+                calls[name](**batch, **kwargs)
+                _synchronize(device)
+                if round_ >= 0:
+                    rounds[name].append(time.perf_counter() - start)
+    finally:
         for name, model in models.items():
-            synchronize()
-            start = time.perf_counter()
-            model(**inputs)
-            synchronize()
-            times[name].append(time.perf_counter() - start)
-    return times
+            model.train(modes[name])
+    return LatencyResult(rounds)
 
 
 # Floor of a structure's seconds per FLOP, as a share of the whole model's mean: a timing lost in noise must not
@@ -192,7 +286,7 @@ def profile_latency(
                 continue
             half = copy.deepcopy(model)
             removers[structure](half, removals)
-            times = _timed_runs({"dense": model, "half": half}, inputs, runs, warmup=2)
+            times = measure_latency({"dense": model, "half": half}, inputs, runs, warmup=2).rounds
             removed_flops = counts.flops - count(half, **lengths).flops
             del half
             dense_times += times["dense"]
