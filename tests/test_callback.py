@@ -216,6 +216,8 @@ class StopAt(transformers.TrainerCallback):
 
 
 def test_resume_from_checkpoint_ends_with_the_same_model(tmp_path):
+    import json
+
     recipe = hfprune.Recipe(target={"flops": 0.5}, round_neurons=4,
                             schedule={"type": "cubic", "start": 2, "end": 10, "every": 2})
 
@@ -243,6 +245,13 @@ def test_resume_from_checkpoint_ends_with_the_same_model(tmp_path):
                            schedule={"type": "cubic", "start": 2, "end": 10, "every": 2})
     with pytest.raises(hfprune.RecipeError, match=r"different recipe \(fields \['target'\] differ\)"):
         run(tmp_path / "b", resume=True, recipe=other)
+
+    # A checkpoint that wrote its recipe's settings as given (the schedule's default type left out) is the same recipe.
+    state = tmp_path / "b" / "checkpoint-6" / "hfprune_callback.json"
+    payload = json.loads(state.read_text())
+    payload["recipe"]["schedule"] = {"start": 2, "end": 10, "every": 2}
+    state.write_text(json.dumps(payload))
+    assert hfprune.sites(run(tmp_path / "b", resume=True)) == hfprune.sites(uninterrupted)
 
 
 # ------------------------------------------------------------------------- several processes (gloo on CPU)

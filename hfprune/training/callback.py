@@ -223,7 +223,10 @@ class PruningCallback(TrainerCallback):
                 "run with PruningCallback, or it lives outside args.output_dir"
             )
         saved = json.loads(path.read_text())
-        if saved["recipe"] != self.recipe.to_dict():
-            changed = sorted(k for k in saved["recipe"] if saved["recipe"][k] != self.recipe.to_dict().get(k))
+        # Compared as recipes, not as the mappings written: defaults filled in since (a typed setting writes all of
+        # its fields) do not make the same recipe a different one.
+        written, current = Recipe.from_dict(saved["recipe"]).to_dict(), self.recipe.to_dict()
+        if written != current:
+            changed = sorted(k for k in written if written[k] != current.get(k))
             raise RecipeError(f"the checkpoint was written with a different recipe (fields {changed} differ)")
         return saved
