@@ -50,7 +50,7 @@ def sparsify(
 
     Example:
         ```python
-        >>> from hfprune.sparsity import sparsify
+        >>> from hfprune import sparsify
         >>> sparsify(model, {"criterion": "wanda", "pattern": "2:4"}, calibration=batches)
         ```
     """

@@ -152,7 +152,7 @@ def search(counts: ModelCount, scores: Scores, recipe: Recipe) -> Plan:
         counts: `hfprune.count` of the model to prune, at the budget's sequence length (with `conv=True` when
             channels are pruned, so the budget covers the conv feature encoder).
         scores: importance of every head, neuron and (for `channels`) conv channel
-            (`hfprune.importance.compute_scores`).
+            (`hfprune.structured.criteria.compute_scores`).
         recipe: budget, structures, minimums, rounding and GQA mode.
 
     Returns:

@@ -42,7 +42,7 @@ def follow_surgery(optimizer: torch.optim.Optimizer, model: nn.Module, replaced:
     Args:
         optimizer: a torch optimizer, or a wrapper holding one as `.optimizer` (accelerate's).
         model: the model after surgery.
-        replaced: the log of `hfprune.linear.replacements()` taken around the surgery.
+        replaced: the log of `hfprune.core.linear.replacements()` taken around the surgery.
 
     Parameters that surgery sliced are swapped for their slices, with their state sliced alike; parameters that
     left the model (the projections of an attention block that lost every head) leave the optimizer.
