@@ -78,7 +78,7 @@ def transcribe(model: nn.Module, batch: dict, **generate_kwargs) -> dict[str, to
     Example:
         ```python
         >>> batch = {"input_features": features}           # unlabelled audio
-        >>> batch |= hfprune.seq2seq.transcribe(model, batch)
+        >>> batch |= hfprune.calibration.seq2seq.transcribe(model, batch)
         >>> model(**batch).loss                             # cross-entropy against the model's own transcript
         ```
     """

@@ -96,7 +96,7 @@ def model_card(summary: PruningSummary, repo_id: str, plot: str | None = PLOT_FI
     """The text of README.md for a pruned model.
 
     Args:
-        summary: from `hfprune.summary.summarize`.
+        summary: from `hfprune.publish.summary.summarize`.
         repo_id: the Hub repository (or local directory) the card describes; used in the loading snippets.
         plot: file name of the kept-per-layer PNG beside the card, or `None` when there is none.
 

@@ -32,7 +32,7 @@ def print_summary(summary: PruningSummary, file: TextIO | None = None, notes: li
     """Print the size/speed table and the kept-per-layer table, then `notes` (one line each).
 
     Args:
-        summary: from `hfprune.summary.summarize`.
+        summary: from `hfprune.publish.summary.summarize`.
         file: where to print (default: stdout).
         notes: lines printed after the tables.
     """

@@ -17,7 +17,7 @@ def plot_kept(summary: PruningSummary, path: str | os.PathLike) -> Path:
     Where the dense size of a site is not known, its bar shows the count kept instead, and the axis says so.
 
     Args:
-        summary: from `hfprune.summary.summarize`.
+        summary: from `hfprune.publish.summary.summarize`.
         path: where to write the PNG.
 
     Returns:

@@ -70,7 +70,7 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
             model's own predictions stand in). Magnitude alone, without tuning, needs none. For encoder-decoder
             models (Whisper) encoder inputs suffice: batches without labels are transcribed once by the dense
             model (greedy `generate()`), and the transcripts serve as labels and decoder inputs
-            (`hfprune.seq2seq.with_decoder_inputs`). A `flops` target then counts encoder and decoder per
+            (`hfprune.calibration.seq2seq.with_decoder_inputs`). A `flops` target then counts encoder and decoder per
             utterance: the encoder at its input length, the decoder (self- and cross-attention, FFN) at the
             mean transcript length, cross-attention keys at the encoder length.
 
