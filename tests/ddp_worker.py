@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import torch
 import transformers
+from tiny_models import build  # beside this file: on the path when it runs as a script, and under pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import build  # noqa: E402
-
-import hfprune  # noqa: E402
-from hfprune.core.record import get_record  # noqa: E402
+import hfprune
+from hfprune.core.record import get_record
 
 NO_DROPOUT = {
     "bert": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),

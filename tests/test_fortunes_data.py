@@ -1,14 +1,15 @@
-"""Tests of scripts/fortunes.py that need no pretrained model: parsing, cleaning, de-duplication, the seeded
+"""Tests of scripts/benchmarks/fortunes.py that need no pretrained model: parsing, cleaning, de-duplication, the seeded
 stratified split, batching and the latency/accuracy helpers (on a tiny random BERT with a toy vocabulary)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import fortunes
 import pytest
 import torch
 import transformers
+
+from scripts.benchmarks import fortunes
 
 REAL_ROOT = Path("/usr/share/games/fortunes")
 

@@ -1,4 +1,5 @@
-"""scripts/peer_torch_pruning.py: the Torch-Pruning peer baseline runs, meets the FLOPs target and stays exact.
+"""scripts/benchmarks/peer_torch_pruning.py: the Torch-Pruning peer baseline runs, meets the FLOPs target and
+stays exact.
 
 Skipped when the optional `torch_pruning` package is not installed.
 """
@@ -13,7 +14,7 @@ import transformers
 
 pytest.importorskip("torch_pruning")
 
-import peer_torch_pruning as peer  # noqa: E402
+from scripts.benchmarks import peer_torch_pruning as peer  # noqa: E402
 
 SEQ_LEN = 16
 

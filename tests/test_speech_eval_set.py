@@ -1,17 +1,15 @@
-"""scripts/speech_eval_set.py: espeak-ng sentences for speech recognition, and WER after Whisper's normalizer."""
+"""scripts/benchmarks/speech_eval_set.py: espeak-ng sentences for speech recognition, and WER after Whisper's
+normalizer."""
 
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import speech_eval_set as ses  # noqa: E402
-from spoken_words import SpokenWordsError  # noqa: E402
+from scripts.benchmarks import speech_eval_set as ses
+from scripts.benchmarks.spoken_words import SpokenWordsError
 
 espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng synthesizes the set")
 

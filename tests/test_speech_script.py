@@ -1,4 +1,5 @@
-"""scripts/spoken_words.py (espeak-ng keyword set) and scripts/run_speech_classification.py on a tiny wav2vec2.
+"""scripts/benchmarks/spoken_words.py (espeak-ng keyword set) and scripts/examples/run_speech_classification.py
+on a tiny wav2vec2.
 
 espeak-ng is a system package (`apt-get install espeak-ng`). Without it these tests skip, unless
 HFPRUNE_REQUIRE_ESPEAK is set (CI), where they fail and say what is missing.
@@ -23,8 +24,8 @@ import hfprune
 if shutil.which("espeak-ng") is None and not os.environ.get("HFPRUNE_REQUIRE_ESPEAK"):
     pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)", allow_module_level=True)
 
-import run_speech_classification  # noqa: E402
-import spoken_words  # noqa: E402
+from scripts.benchmarks import spoken_words  # noqa: E402
+from scripts.examples import run_speech_classification  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "wav2vec2-gradual-fisher.yaml"
 

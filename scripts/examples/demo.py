@@ -6,16 +6,15 @@
 3. Saves it, reloads it with `hfprune.from_pretrained`, and prints test accuracy, FLOPs, params and measured
    CPU latency before and after.
 
-Run: `make demo` (installs everything first), or `python scripts/demo.py [--recipe R] [--out DIR]`.
+Run: `make demo` (installs everything first), or from the repository root
+`python -m scripts.examples.demo [--recipe R] [--out DIR]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -23,9 +22,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 import hfprune  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-import fortunes  # noqa: E402
+from scripts.benchmarks import fortunes  # noqa: E402
 
 
 def main() -> None:

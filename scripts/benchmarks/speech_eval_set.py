@@ -1,21 +1,21 @@
 """A small English speech-recognition set, synthesized offline with espeak-ng: everyday sentences × voices ×
 speeds, with a word error rate after Whisper's English normalization.
 
-    from speech_eval_set import speech_eval_set, wer
+    from scripts.benchmarks.speech_eval_set import speech_eval_set, wer
     data = speech_eval_set("~/.cache/hfprune/speech_eval")    # DatasetDict: train / test
     data["test"][0]   # {"audio": [...float32 at 16 kHz...], "text": "...", "voice": "en-us", "speed": 150, ...}
     wer(["the cat sat"], ["The cat sat."])                     # 0.0
 
 `train` (for fine-tuning) and `test` share neither sentences nor voices, so a model tuned on `train` is scored
 on text it never saw, spoken by voices it never heard. Clips are espeak-ng's output trimmed of silence and
-resampled to 16 kHz mono float32 (the helpers of spoken_words.py); synthesis is deterministic and espeak-ng's
+resampled to 16 kHz mono float32 (the helpers of `spoken_words`); synthesis is deterministic and espeak-ng's
 wav files are cached under the directory given, named by a hash of the sentence.
 
 The sentences use spellings that American and British English share, and no digits, so that the score does
 not hinge on the spelling table of Whisper's normalizer (its `normalizer.json` lives on the Hub; offline, the
 normalizer runs without it).
 
-    python scripts/speech_eval_set.py            # synthesize both splits and print their sizes
+    python -m scripts.benchmarks.speech_eval_set   # synthesize both splits and print their sizes
 """
 
 from __future__ import annotations
@@ -24,12 +24,10 @@ import hashlib
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from spoken_words import SAMPLING_RATE, SpokenWordsError, speak  # noqa: E402
+from scripts.benchmarks.spoken_words import SAMPLING_RATE, SpokenWordsError, speak
 
 TRAIN_SENTENCES = (
     "Please close the door when you leave the room.",

@@ -25,8 +25,8 @@ to `bench_out/bench_surgery.json`.
 
 Run from the repository root:
 
-    python scripts/bench_surgery.py                     # CPU, fp32, seq 128, batch 1 and 8
-    python scripts/bench_surgery.py --repeats 30 --dtype bfloat16 --batch-sizes 1,8,32 --device cuda
+    python -m scripts.benchmarks.bench_surgery          # CPU, fp32, seq 128, batch 1 and 8
+    python -m scripts.benchmarks.bench_surgery --repeats 30 --dtype bfloat16 --batch-sizes 1,8,32 --device cuda
 """
 
 from __future__ import annotations
@@ -303,9 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = result_rows(variants, args)
 
     elapsed = time.perf_counter() - started
-    command = (
-        shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["python", sys.argv[0], *argv])
-    )
+    command = shlex.join(["python", "-m", f"scripts.benchmarks.{Path(__file__).stem}",
+                          *(sys.argv[1:] if argv is None else argv)])
     header = [
         "# hfprune surgery benchmark: BERT-base (random init)",
         "",

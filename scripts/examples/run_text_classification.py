@@ -2,13 +2,13 @@
 
 The pruning options (budget, criterion, schedule, distillation) come from the recipe, not from flags:
 
-    python scripts/run_text_classification.py --model out/minilm-fortunes \\
+    python scripts/examples/run_text_classification.py --model out/minilm-fortunes \\
         --train_file train.csv --validation_file val.csv --recipe recipes/bert-gradual-fisher.yaml \\
         --output_dir out/pruned --num_train_epochs 2
-    torchrun --nproc_per_node 2 scripts/run_text_classification.py ...
-    accelerate launch --multi_gpu --num_processes 2 scripts/run_text_classification.py ...   # also on CPU
+    torchrun --nproc_per_node 2 scripts/examples/run_text_classification.py ...
+    accelerate launch --multi_gpu --num_processes 2 scripts/examples/run_text_classification.py ...   # also on CPU
 
-Data: CSV/JSON/text files or a saved `datasets` directory (see `hfprune.calibration.data`), with a text column and an
+Data: CSV/JSON/text files or a saved `datasets` directory (see `hfprune.load_dataset`), with a text column and an
 integer or string label column. The pruned model is saved (reloadable with `hfprune.from_pretrained`) with its
 tokenizer; `--push_to_hub` pushes it with the Trainer.
 """
@@ -22,7 +22,6 @@ import torch
 import transformers
 
 import hfprune
-from hfprune.calibration.data import load_dataset
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,8 +67,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     recipe = hfprune.Recipe.load(args.recipe)  # a bad recipe fails before anything is loaded
     transformers.set_seed(args.seed)
-    train = load_dataset(args.train_file)
-    validation = load_dataset(args.validation_file) if args.validation_file else None
+    train = hfprune.load_dataset(args.train_file)
+    validation = hfprune.load_dataset(args.validation_file) if args.validation_file else None
     string_labels = isinstance(train[0][args.label_column], str)
     labels = sorted(set(train[args.label_column])) if string_labels else None
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)

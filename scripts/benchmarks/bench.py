@@ -16,20 +16,16 @@ round-robin in one loop), FLOPs ratio, pruning wall time and calibration size; w
 
 Run from the repository root (about 10 minutes on 2 cores, plus ~5 for the first fine-tuning):
 
-    python scripts/bench.py
-    python scripts/bench.py --fractions 0.6 --methods hfprune-fisher,tp-taylor   # a quick subset
+    python -m scripts.benchmarks.bench
+    python -m scripts.benchmarks.bench --fractions 0.6 --methods hfprune-fisher,tp-taylor   # a quick subset
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
-import platform
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -37,10 +33,9 @@ import torch  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 import hfprune  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-import fortunes  # noqa: E402
-from peer_torch_pruning import prune_with_torch_pruning  # noqa: E402
+from scripts.benchmarks import fortunes  # noqa: E402
+from scripts.benchmarks.peer_torch_pruning import prune_with_torch_pruning  # noqa: E402
+from scripts.benchmarks.report import plot_accuracy, run_header, write_report  # noqa: E402
 
 
 def hfprune_method(criterion: str, refine: bool = True, reconstruct: bool = False, budget: str = "flops"):
@@ -206,49 +201,6 @@ def goals(rows: list[dict]) -> list[str]:
     return lines
 
 
-def plot(rows: list[dict], path: Path, title: str = "all-MiniLM-L6-v2 on fortunes topics, pruned without retraining",
-         ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for method in dict.fromkeys(r["method"] for r in rows[1:]):
-        points = sorted((r["flops_kept"], r["accuracy"] * 100) for r in rows if r["method"] == method)
-        style = "--s" if method.startswith("tp-") else "-o"
-        axis.plot(*zip(*points, strict=True), style, label=method, markersize=4)
-    axis.axhline(rows[0]["accuracy"] * 100, color="black", linewidth=0.8, label="dense")
-    axis.set_xlabel("fraction of attention + FFN FLOPs kept")
-    axis.set_ylabel("test accuracy (%)")
-    axis.set_title(title)
-    axis.invert_xaxis()
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-
-
-def run_header(script: str, start: float) -> str:
-    """One line naming the machine, the versions, the command and its wall time."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return (f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, hfprune {hfprune.__version__}. "
-            f"Command: `python scripts/{Path(script).name} {' '.join(sys.argv[1:])}`. "
-            f"Took {time.perf_counter() - start:.0f} s.")
-
-
-def write_report(out_dir: str | Path, stem: str, text: str, payload) -> Path:
-    """Write `text` to `out_dir/stem.md` and `payload` to `out_dir/stem.json`, print `text`; returns
-    `out_dir/stem` (for the plot beside them)."""
-    path = Path(out_dir) / stem
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".md").write_text(text + "\n")
-    path.with_suffix(".json").write_text(json.dumps(payload, indent=1))
-    print(text)
-    return path
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.manual_seed(0)
@@ -256,7 +208,7 @@ def main(argv=None) -> None:
     rows = run(args)
     text = "\n".join([run_header(__file__, start), "", markdown(rows, args), "", *goals(rows)])
     path = write_report(args.out_dir, "bench", text, rows)
-    plot(rows, path.with_suffix(".png"))
+    plot_accuracy(rows, path.with_suffix(".png"))
     print(f"wrote {path}.md, .json, .png")
 
 

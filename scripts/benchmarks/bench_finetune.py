@@ -1,6 +1,6 @@
 """Benchmark: pruning while fine-tuning (PruningCallback, gradual + distillation) vs one-shot pruning + fine-tuning.
 
-all-MiniLM-L6-v2 fine-tuned on the fortunes topics (the dense model of `scripts/bench.py`, cached in
+all-MiniLM-L6-v2 fine-tuned on the fortunes topics (the dense model of `scripts/benchmarks/bench.py`, cached in
 `out/minilm-fortunes`), then taken to 40%, 25% and 15% of its attention + FFN FLOPs by, each with the same
 number of Trainer steps, batch size and learning-rate schedule:
 
@@ -19,8 +19,8 @@ just the overhead check, into `bench_out/bench_finetune_overhead.{md,json}`).
 
 Run from the repository root (about an hour on 2 cores):
 
-    python scripts/bench_finetune.py
-    python scripts/bench_finetune.py --fractions 0.25 --steps 60 --overhead-rounds 1   # a quick look
+    python -m scripts.benchmarks.bench_finetune
+    python -m scripts.benchmarks.bench_finetune --fractions 0.25 --steps 60 --overhead-rounds 1   # a quick look
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import argparse
 import copy
 import os
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -41,12 +40,11 @@ import transformers  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 import hfprune  # noqa: E402
+from scripts.benchmarks import fortunes  # noqa: E402
+from scripts.benchmarks.bench import calibration_batches, mean_test_length  # noqa: E402
+from scripts.benchmarks.report import plot_accuracy, run_header, write_report  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-import fortunes  # noqa: E402
-from bench import calibration_batches, mean_test_length, plot, run_header, write_report  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ONESHOT_RECIPE = ROOT / "recipes" / "bert-heads-ffn-fisher.yaml"
 GRADUAL_RECIPE = ROOT / "recipes" / "bert-gradual-fisher.yaml"
 METHODS = ("oneshot+finetune", "gradual+distill", "iterative+distill")
@@ -269,7 +267,7 @@ def main(argv=None) -> None:
     stem = "bench_finetune_overhead" if args.overhead_only else "bench_finetune"
     path = write_report(args.out_dir, stem, text, {"rows": rows, "overhead": overhead})
     if not args.overhead_only:
-        plot(rows, path.with_suffix(".png"),
+        plot_accuracy(rows, path.with_suffix(".png"),
              title=f"all-MiniLM-L6-v2 on fortunes topics, pruned with {args.steps} training steps")
     print(f"wrote {path}.*")
 

@@ -18,10 +18,10 @@ Data preparation (`load_fortunes`), in this order:
   is ambiguous);
 - a seeded split, stratified per topic, into train / validation / test (80 / 10 / 10 by default).
 
-Importable (by `scripts/bench.py`, `make demo`) and runnable:
+Importable (by the benchmarks and `scripts/examples/demo.py`) and runnable from the repository root:
 
 ```bash
-python scripts/fortunes.py --output-dir out/minilm-fortunes --epochs 5    # fine-tunes, or reuses a cached run
+python -m scripts.benchmarks.fortunes --output-dir out/minilm-fortunes --epochs 5   # fine-tunes, or reuses a cached run
 ```
 """
 

@@ -1,13 +1,13 @@
 """Fine-tune a speech classifier (wav2vec2, HuBERT, WavLM) and prune it while training, driven by an hfprune recipe.
 
 The pruning options (budget, criterion, schedule, distillation) come from the recipe, not from flags. Without a
-dataset, the script trains on spoken words synthesized with espeak-ng (see `spoken_words.py`: 10 words, held-out
-voices for validation):
+dataset, the script trains on spoken words synthesized with espeak-ng (`scripts/benchmarks/spoken_words.py`: 10
+words, held-out voices for validation). Run it as a module from the repository root (it imports that data set):
 
-    python scripts/run_speech_classification.py --model facebook/wav2vec2-base \\
+    python -m scripts.examples.run_speech_classification --model facebook/wav2vec2-base \\
         --recipe recipes/wav2vec2-gradual-fisher.yaml --output_dir out/w2v2-words --num_train_epochs 10
-    torchrun --nproc_per_node 2 scripts/run_speech_classification.py ...
-    accelerate launch --multi_gpu --num_processes 2 scripts/run_speech_classification.py ...   # GPUs, or CPU (gloo)
+    torchrun --nproc_per_node 2 -m scripts.examples.run_speech_classification ...
+    accelerate launch --multi_gpu --num_processes 2 -m scripts.examples.run_speech_classification ...  # or CPU (gloo)
 
 (`accelerate launch --cpu --num_processes 2` starts a single process: accelerate's `--cpu` launcher is one process
 unless it is given an MPI setup.)
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +30,7 @@ import torch
 import transformers
 
 import hfprune
-from hfprune.calibration.data import load_dataset
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # spoken_words.py lives beside this script
-import spoken_words  # noqa: E402
+from scripts.benchmarks import spoken_words
 
 SAMPLING_RATE = spoken_words.SAMPLING_RATE
 
@@ -94,8 +90,8 @@ def load_splits(args, training_args):
         train, validation = data["train"], data["validation"]
         validation = validation if len(validation) else None
     else:
-        train = load_dataset(args.train_dir)
-        validation = load_dataset(args.validation_dir) if args.validation_dir else None
+        train = hfprune.load_dataset(args.train_dir)
+        validation = hfprune.load_dataset(args.validation_dir) if args.validation_dir else None
     for name, split in (("train", train), ("validation", validation)):
         missing = [c for c in (args.audio_column, args.label_column) if split is not None and c not in split.features]
         if missing:

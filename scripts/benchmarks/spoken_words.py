@@ -2,7 +2,7 @@
 
 Like the ten command words of Speech Commands, but made on this machine, so tests and demos need no download:
 
-    from spoken_words import spoken_words
+    from scripts.benchmarks.spoken_words import spoken_words
     data = spoken_words("~/.cache/hfprune/spoken_words")   # DatasetDict: train / validation
     data["train"][0]   # {"audio": [...16000 float32...], "label": 0, "word": "yes", "voice": "en", ...}
 
