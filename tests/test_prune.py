@@ -260,21 +260,21 @@ def test_layer_inputs_carried_from_layer_to_layer_equal_running_the_model_up_to_
     """Reconstruction feeds each layer the previous layer's outputs instead of re-running the model up to every
     site; the refit weights must be those of the re-running path (WavLM, whose layers pass on a position bias,
     must notice and fall back)."""
-    from hfprune.structured import refine
+    from hfprune.calibration.capture import LayerInputs
 
     results, carried = [], []
-    original = refine._LayerInputs.at
+    original = LayerInputs.at
     for carry in (True, False):
         model = build(family, **({"num_hidden_layers": 3} if family != "whisper" else {"encoder_layers": 3}))
         recipe = hfprune.Recipe(target={"flops": 0.5}, criterion="magnitude", reconstruct=True, round_neurons=1)
 
-        def at(self, site, carry=carry):
+        def at(self, layer_path, carry=carry):
             self.carry = self.carry and carry
-            calls = original(self, site)
+            calls = original(self, layer_path)
             carried.append(self.carry)
             return calls
 
-        monkeypatch.setattr(refine._LayerInputs, "at", at)
+        monkeypatch.setattr(LayerInputs, "at", at)
         hfprune.prune(model, recipe, calibration=calibration(family))
         results.append(model.state_dict())
         if carry:

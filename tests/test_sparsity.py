@@ -131,6 +131,36 @@ def test_a_rerun_block_sees_what_the_full_model_gave_it(family):
     assert no_hooks(model)
 
 
+@pytest.mark.parametrize("family,criterion", [
+    ("llama", "sparsegpt"), ("llama", "wanda"), ("gpt2", "sparsegpt"), ("bert", "wanda"), ("whisper", "sparsegpt"),
+])
+def test_blockwise_equals_one_linear_at_a_time_on_inputs_from_the_full_model(family, criterion):
+    """prune_blockwise carries inputs layer to layer and shares one statistic among linears that read the same
+    tensor; the result must be that of the plain algorithm: per linear, in order, inputs from running the model
+    from its start (every earlier linear already pruned)."""
+    settings = WeightSettings(criterion=criterion)
+    batches = calibration(family)
+    layers = {} if family == "whisper" else {"num_hidden_layers": 3}
+    fast, plain = build(family, **layers), build(family, **layers)
+    plain.load_state_dict(fast.state_dict())
+    hfprune.sparsify(fast, settings, batches)
+    kind = "hessian" if criterion == "sparsegpt" else "norms"
+    with torch.no_grad():
+        for target in weight_targets(plain):
+            block = plain.get_submodule(target.layer_path)
+            statistic = InputStatistic(kind, target.module.weight.shape[-1 if isinstance(target.module, nn.Linear)
+                                                                           else 0], "cpu")
+            handle = target.module.register_forward_pre_hook(lambda m, args: statistic.add(args[0]))
+            for call in block_calls(plain, block, batches):
+                statistic.token_mask = call.token_mask
+                block(*call.args, **call.kwargs)
+            handle.remove()
+            prune_layer(target, settings, statistic.value())
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(fast.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert no_hooks(fast)
+
+
 # ------------------------------------------------------------------------------------------------ the math
 
 

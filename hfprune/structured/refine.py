@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..calibration.capture import BlockCall, block_calls
+from ..calibration.capture import BlockCall, LayerInputs
 from ..calibration.lengths import positions
 from ..core import residual_source, resolve_sites
 from ..core.linear import weight_out_in
@@ -141,78 +141,11 @@ def _layerwise_targets(model: nn.Module, masks: SoftMasks, batches: list, tokens
     return sites, batches, _teacher_targets(model, masks, sites, batches)
 
 
-def _same(a, b) -> bool:
-    """Whether two block arguments agree: tensors to float tolerance, containers item by item, other objects by
-    type (a mask-building helper object, say)."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape != b.shape:
-            return False
-        if not a.is_floating_point():
-            return torch.equal(a, b)
-        return torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5 * max(1.0, float(b.abs().max())))
-    if isinstance(a, (tuple, list)):
-        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if a is None or b is None or isinstance(a, (bool, int, float, str)):
-        return a == b
-    return type(a) is type(b)
-
-
-class _LayerInputs:
-    """What each transformer layer receives on every calibration batch in the model as it is now (earlier sites
-    pruned and refit), carried from one layer to the next by running the layer itself: one pass over the data
-    per layer, where running the model up to every site costs O(sites^2) layer passes.
-
-    Each carried step is checked on the first batch against a real forward pass of the model. A family whose
-    layers pass on something besides the hidden states (WavLM hands layer 0's position bias to the others)
-    fails that check, and from then on each layer's inputs come from running the model up to it.
-    """
-
-    def __init__(self, model: nn.Module, batches: list):
-        self.model, self.batches = model, batches
-        self.layer: tuple[str, int] | None = None
-        self.calls: list[BlockCall] = []
-        self.carry = True
-
-    def at(self, site) -> list[BlockCall]:
-        """The inputs of `site`'s layer, one `BlockCall` per batch. Sites must be asked for in model order."""
-        stack, index = site.stack.path, site.layer_index
-        block = self.model.get_submodule(site.layer_path)
-        calls = None
-        if self.layer == (stack, index):
-            calls = self.calls
-        elif self.carry and self.layer is not None and self.layer[0] == stack and self.layer[1] < index:
-            calls = self.calls
-            for passed in range(self.layer[1], index):
-                calls = [self._next(self.model.get_submodule(f"{stack}.{passed}"), call) for call in calls]
-                if None in calls:
-                    break
-            real = block_calls(self.model, block, self.batches[:1])[0] if None not in calls else None
-            if real is None or not _same((calls[0].args, calls[0].kwargs), (real.args, real.kwargs)):
-                self.carry, calls = False, None
-        if calls is None:
-            calls = block_calls(self.model, block, self.batches)
-        self.layer, self.calls = (stack, index), calls
-        return calls
-
-    @staticmethod
-    def _next(layer: nn.Module, call: BlockCall) -> BlockCall | None:
-        """The call of the layer after `layer`: the same arguments, with `layer`'s output as hidden states."""
-        if not call.args and "hidden_states" not in call.kwargs:
-            return None
-        output = layer(*call.args, **call.kwargs)
-        hidden = output[0] if isinstance(output, (tuple, list)) else output
-        if call.args:
-            return BlockCall((hidden, *call.args[1:]), call.kwargs, call.token_mask)
-        return BlockCall(call.args, {**call.kwargs, "hidden_states": hidden}, call.token_mask)
-
-
 def _site_inputs(site, calls: list[BlockCall], batches: list, teacher: list):
     """For each batch: the values entering `site`'s output projection in the (masked) model, the output that
     projection should produce (bias included) so that residual + output equals the dense model's, and each
     token's scale (the standard deviation of that dense residual + output over the hidden size). `calls` are the
-    inputs of the site's layer (`_LayerInputs.at`); only that layer runs, up to the projection."""
+    inputs of the site's layer (`LayerInputs.at`); only that layer runs, up to the projection."""
     projection = _projection(site)
     layer = site.root.get_submodule(site.layer_path)
     for batch, call, target in zip(batches, calls, teacher, strict=True):
@@ -246,7 +179,7 @@ def tune_masks(model: nn.Module, masks: SoftMasks, batches: list) -> dict[str, f
     """
     gates = {**masks.heads, **masks.neurons}
     sites, batches, teacher = _layerwise_targets(model, masks, batches, MAX_TOKENS)
-    layer_inputs = _LayerInputs(model, batches)
+    layer_inputs = LayerInputs(model, batches)
     errors = {}
     for name, site in tqdm(sites.items(), desc="mask tuning", unit="site", leave=False):
         gate = gates[name]
@@ -258,7 +191,7 @@ def tune_masks(model: nn.Module, masks: SoftMasks, batches: list) -> dict[str, f
         gram = rhs = None
         energy = 0.0
         # The gate hook ran first; this site's gates are still 0/1, so kept units' values are unscaled.
-        for values, goal, _ in _site_inputs(site, layer_inputs.at(site), batches, teacher.pop(name)):
+        for values, goal, _ in _site_inputs(site, layer_inputs.at(site.layer_path), batches, teacher.pop(name)):
             goal = goal - bias
             g, r = _normal_equations(site, gate.shape[0], values, goal)
             gram = g if gram is None else gram + g
@@ -294,7 +227,7 @@ def reconstruct_weights(model: nn.Module, masks: SoftMasks, batches: list, dampi
     """
     gates = {**masks.heads, **masks.neurons}
     sites, batches, teacher = _layerwise_targets(model, masks, batches, RECONSTRUCTION_TOKENS)
-    layer_inputs = _LayerInputs(model, batches)
+    layer_inputs = LayerInputs(model, batches)
     errors = {}
     for name, site in tqdm(sites.items(), desc="weight reconstruction", unit="site", leave=False):
         gate = gates[name]
@@ -307,7 +240,7 @@ def reconstruct_weights(model: nn.Module, masks: SoftMasks, batches: list, dampi
         bias = projection.bias
         gram = cross = None
         energy = 0.0
-        for values, goal, scale in _site_inputs(site, layer_inputs.at(site), batches, teacher.pop(name)):
+        for values, goal, scale in _site_inputs(site, layer_inputs.at(site.layer_path), batches, teacher.pop(name)):
             # Gates are 0/1 here, so the kept columns hold the unscaled values; a ones column fits the bias.
             inputs = values[:, columns].double()
             if bias is not None:
