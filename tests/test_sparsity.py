@@ -16,6 +16,7 @@ from tiny_models import build, inputs
 
 import hfprune
 from hfprune.calibration.capture import InputStatistic, block_calls
+from hfprune.core.linear import in_features
 from hfprune.errors import CalibrationError
 from hfprune.settings import WeightSettings
 from hfprune.sparsity.criteria import prune_layer
@@ -148,9 +149,8 @@ def test_blockwise_equals_one_linear_at_a_time_on_inputs_from_the_full_model(fam
     with torch.no_grad():
         for target in weight_targets(plain):
             block = plain.get_submodule(target.layer_path)
-            statistic = InputStatistic(kind, target.module.weight.shape[-1 if isinstance(target.module, nn.Linear)
-                                                                           else 0], "cpu")
-            handle = target.module.register_forward_pre_hook(lambda m, args: statistic.add(args[0]))
+            statistic = InputStatistic(kind, in_features(target.module), "cpu")
+            handle = target.module.register_forward_pre_hook(lambda m, args, s=statistic: s.add(args[0]))
             for call in block_calls(plain, block, batches):
                 statistic.token_mask = call.token_mask
                 block(*call.args, **call.kwargs)
