@@ -302,3 +302,18 @@ def test_search_never_brings_back_a_removed_unit_and_refuses_nan_scores():
     scores.heads["encoder.1.attention"][3] = float("nan")
     with pytest.raises(ScoreError, match="NaN or infinite at encoder.1.attention"):
         search(counts, scores, hfprune.Recipe(target={"flops": 0.5}))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_unlabelled_text_scores_a_causal_lm_on_its_next_tokens(family):
+    """Label-free scoring of a causal LM: the next token is the label (padding left out), not the model's own
+    argmax, which agrees with itself wherever the model is confident and so carries less signal."""
+    from hfprune.structured.criteria import task_loss
+
+    model = build(family)
+    batch = inputs(family, seed=0)
+    batch["attention_mask"][0, -3:] = 0
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    expected = model(**batch, labels=labels).loss
+    torch.testing.assert_close(task_loss(model, batch), expected)
+    assert "labels" not in batch

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from ..calibration.seq2seq import with_decoder_inputs
 from ..core import AttentionSite, resolve_conv_sites, resolve_sites
@@ -120,9 +121,21 @@ def real_positions(batch: dict, shape) -> torch.Tensor | None:
     return None
 
 
+def is_causal_lm(model: nn.Module) -> bool:
+    """Whether `model` is a language model that predicts each next token (GPT-2, Llama, ...)."""
+    names = (n for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in (value if isinstance(value, tuple)
+                                                                                   else (value,)))
+    return type(model).__name__ in set(names)
+
+
 def task_loss(model: nn.Module, batch: dict) -> torch.Tensor:
-    """The task loss when the batch has labels; otherwise cross-entropy against the model's own predictions,
-    so unlabeled calibration data works with gradient criteria."""
+    """The task loss when the batch has labels. Unlabelled text for a causal LM is its own label (the next token,
+    padding left out), the loss it was trained on; for any other model, cross-entropy against the model's own
+    predictions, so unlabeled calibration data works with gradient criteria."""
+    if "labels" not in batch and "input_ids" in batch and is_causal_lm(model):
+        mask = _token_mask(batch)
+        labels = batch["input_ids"] if mask is None else batch["input_ids"].masked_fill(mask == 0, -100)
+        batch = {**batch, "labels": labels}
     if "labels" in batch:
         output = model(**batch)
         if getattr(output, "loss", None) is not None:
