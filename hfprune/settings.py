@@ -68,7 +68,7 @@ class _Settings:
 
 # -------------------------------------------------------------------------------------------------- target
 
-TARGET_FRACTIONS = ("flops", "params", "latency")
+TARGET_FRACTIONS = ("flops", "params", "nonembedding_params", "latency")
 TARGET_COUNTS = ("heads", "neurons")
 
 
@@ -84,7 +84,12 @@ class Target(_Settings):
         "when `channels` are pruned.",
         None,
     )
-    params: float | None = help_field("Fraction of all parameters to keep.", None)
+    params: float | None = help_field("Fraction of all parameters to keep (embeddings and LM head included).", None)
+    nonembedding_params: float | None = help_field(
+        "Fraction of the parameters outside the token embeddings and the LM head to keep (how LLM pruning papers "
+        "count: the vocabulary's share, 21 % of SmolLM2-135M, is not pruned and would dilute a `params` target).",
+        None,
+    )
     latency: float | None = help_field(
         "Fraction of the forward pass's measured time on this machine to keep (at `latency_batch_size`; one-shot "
         "`prune` only).",

@@ -317,3 +317,20 @@ def test_unlabelled_text_scores_a_causal_lm_on_its_next_tokens(family):
     expected = model(**batch, labels=labels).loss
     torch.testing.assert_close(task_loss(model, batch), expected)
     assert "labels" not in batch
+
+
+def test_nonembedding_params_target_leaves_the_vocabulary_out():
+    """LLM pruning counts parameters outside the token embeddings and LM head; the budget and the report must
+    do the same (tied embeddings counted once), so a `nonembedding_params` target cuts deeper than `params`."""
+    model = build("llama", tie_word_embeddings=False)
+    counts = hfprune.count(model)
+    vocabulary = model.get_input_embeddings().weight.numel() + model.get_output_embeddings().weight.numel()
+    assert counts.embedding_params == vocabulary
+    tied = build("llama", tie_word_embeddings=True)
+    assert hfprune.count(tied).embedding_params == tied.get_input_embeddings().weight.numel()
+    recipe = hfprune.Recipe(target={"nonembedding_params": 0.6}, criterion="magnitude", tune=False, round_neurons=1)
+    report = hfprune.prune(model, recipe, calibration=calibration("llama"))
+    kept = report.after.nonembedding_params / report.before.nonembedding_params
+    assert 0.5 < kept <= 0.6 + 1e-9
+    assert report.summary()["nonembedding_params"] == [counts.nonembedding_params, report.after.nonembedding_params]
+    assert "w/o embed." in str(report)

@@ -83,14 +83,21 @@ class ModelCount:
     encoder_seq_len: int | None = None
     unit: str = "tokens"
     seconds: float | None = None
+    embedding_params: int = 0
+
+    @property
+    def nonembedding_params(self) -> int:
+        """Parameters outside the token embeddings and the (untied) LM head."""
+        return self.params - self.embedding_params
 
     def total(self, metric: str) -> float:
-        """The model's total under a budget metric: `flops`, `params` or `latency` (seconds)."""
+        """The model's total under a budget metric: `flops`, `params`, `nonembedding_params` or `latency`
+        (seconds)."""
         if metric == "latency":
             if self.seconds is None:
                 raise ValueError("these counts carry no latency; cost them with LatencyProfile.costed first")
             return self.seconds
-        return self.flops if metric == "flops" else self.params
+        return {"flops": self.flops, "params": self.params, "nonembedding_params": self.nonembedding_params}[metric]
 
     @property
     def flops(self) -> int:
@@ -232,4 +239,17 @@ def count(
     encoder = encoder_seq_len if {"encoder", "decoder"} <= stacks else None  # only a two-stack model has both
     # Speech models (wav2vec2 family, Whisper) turn audio into frames with a feature extractor; text has tokens.
     unit = "frames" if hasattr(model, "_get_feat_extract_output_lengths") else "tokens"
-    return ModelCount(params=params, sites=sites, seq_len=seq_len, encoder_seq_len=encoder, unit=unit)
+    return ModelCount(params=params, sites=sites, seq_len=seq_len, encoder_seq_len=encoder, unit=unit,
+                      embedding_params=embedding_params(model))
+
+
+def embedding_params(model: nn.Module) -> int:
+    """Parameters of the token embeddings and the LM head (once, when they are tied)."""
+    modules = []
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        try:
+            modules.append(getattr(model, getter)())
+        except (AttributeError, NotImplementedError):
+            continue
+    unique = {id(p): p for module in modules if isinstance(module, nn.Module) for p in module.parameters()}
+    return sum(p.numel() for p in unique.values())

@@ -68,6 +68,7 @@ class PruningReport:
         return {
             "params": [self.before.params, self.after.params],
             "flops": [self.before.flops, self.after.flops],
+            "nonembedding_params": [self.before.nonembedding_params, self.after.nonembedding_params],
             "seq_len": self.before.seq_len,
             "encoder_seq_len": self.before.encoder_seq_len,
             "num_samples": self.num_samples,
@@ -112,6 +113,10 @@ class PruningReport:
             f"{'GFLOPs':<12}{self.before.flops / 1e9:>16.4g}{self.after.flops / 1e9:>16.4g}{self.flops_kept:>8.1%}"
             f"   ({'conv + ' if conv else ''}attention + FFN, {self.before.lengths})",
         ]
+        if self.before.embedding_params:
+            before, after = self.before.nonembedding_params, self.after.nonembedding_params
+            lines.insert(3, f"{'  w/o embed.':<12}{before:>16,}{after:>16,}{after / before:>8.1%}"
+                            "   (params outside the token embeddings and LM head)")
         if self.latency and self.latency[1] is not None:
             before, after = self.latency
             batch = getattr(self.recipe, "latency_batch_size", 1)

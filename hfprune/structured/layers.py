@@ -27,8 +27,8 @@ def prune_layers(model: nn.Module, recipe: Recipe, batches: list, before: ModelC
         report: the `PruningReport` that gets the phase times and `layer_scores`.
     """
     metric = recipe.target.metric
-    if metric not in ("flops", "params"):
-        raise RecipeError("structures: [layers] needs a flops or params target")
+    if metric not in ("flops", "params", "nonembedding_params"):
+        raise RecipeError("structures: [layers] needs a flops, params or nonembedding_params target")
     with report.phase("scoring"):
         importance = block_importance(model, batches)
     removed = choose_layers(importance, before, recipe)
@@ -47,7 +47,7 @@ def choose_layers(importance: dict[str, float], before: ModelCount, recipe: Reci
     for site in before.sites.values():
         layer = site.name.rsplit(".", 1)[0]
         layer_cost[layer] = layer_cost.get(layer, 0) + (site.flops if metric == "flops" else site.params)
-    total = before.flops if metric == "flops" else before.params
+    total = before.total(metric)
     budget = recipe.target.get(metric) * total
     removed, spent = [], total
     for layer in sorted(importance, key=importance.get):

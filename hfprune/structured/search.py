@@ -73,7 +73,7 @@ def _cost_of(site: SiteCount, metric: str) -> tuple[float, float]:
     """Cost of one unit and of one KV head at `site` under the budget metric."""
     if metric == "flops":
         return site.flops_per_unit, site.flops_per_kv_unit
-    if metric == "params":
+    if metric in ("params", "nonembedding_params"):
         return site.params_per_unit, site.params_per_kv_unit
     if metric == "latency":
         return site.seconds_per_unit, site.seconds_per_kv_unit

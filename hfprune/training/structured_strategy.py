@@ -70,9 +70,9 @@ class StructuredPruning(PruningStrategy):
     def __init__(self, recipe: Recipe, seq_len: int | None = None, encoder_seq_len: int | None = None):
         super().__init__(recipe)
         self.metric = recipe.target.metric
-        if self.metric not in ("flops", "params"):
+        if self.metric not in ("flops", "params", "nonembedding_params"):
             raise RecipeError(
-                "PruningCallback needs a flops or params fraction target (target.latency is measured once, by the "
+                "PruningCallback needs a flops, params or nonembedding_params fraction target (target.latency is measured once, by the "
                 "one-shot hfprune.prune; a flops target is the closest during training)"
             )
         if recipe.criterion not in TRAINING_CRITERIA:
