@@ -117,5 +117,5 @@ def test_latency_recipes_are_validated():
         hfprune.Recipe(target={"latency": 2})
     with pytest.raises(hfprune.RecipeError, match="target.latency is measured once"):
         hfprune.PruningCallback({"target": {"latency": 0.5}})
-    with pytest.raises(hfprune.RecipeError, match=r"\[layers\] needs a flops or params target"):
+    with pytest.raises(hfprune.RecipeError, match=r"\[layers\] needs a flops, params or nonembedding_params target"):
         hfprune.prune(build("bert"), {"target": {"latency": 0.5}, "structures": ["layers"]}, calibration("bert"))
