@@ -155,6 +155,13 @@ class WeightSettings(_Settings):
     block_size: int | None = help_field(
         "SparseGPT's column block; default the largest multiple of M up to 128 (128 for unstructured).", None
     )
+    sequential: bool = help_field(
+        "Wanda/SparseGPT: within a layer, calibrate each group of linears that read one input (q/k/v, o, gate/up, "
+        "down) after the groups before it are pruned, one partial pass per group ('true sequential'); False: all "
+        "of a layer's linears observed in one pass, as Wanda's and llm-compressor's implementations do (fewer "
+        "layer passes, later linears calibrated on unpruned inputs).",
+        True,
+    )
 
     def __post_init__(self):
         match = _NM.match(self.pattern) if isinstance(self.pattern, str) else None
@@ -180,6 +187,8 @@ class WeightSettings(_Settings):
         block_size = self.block_size
         if block_size is None:  # the largest block of at most 128 columns that N:M groups tile
             block_size = max(128 // int(match[2]), 1) * int(match[2]) if match else 128
+        if not isinstance(self.sequential, bool):
+            raise RecipeError(f"weights.sequential must be true or false, got {self.sequential!r}")
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise RecipeError(f"weights.block_size must be a positive integer, got {block_size!r}")
         if match and block_size % int(match.group(2)):

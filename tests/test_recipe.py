@@ -47,7 +47,8 @@ def test_recipes_round_trip_through_their_mapping(path, tmp_path):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"target": 0.5}, r"target must be a mapping of \['flops', 'params', 'nonembedding_params', 'latency', 'heads', 'neurons'\]"),
+        ({"target": 0.5},
+         r"target must be a mapping of \['flops', 'params', 'nonembedding_params', 'latency', 'heads', 'neurons'\]"),
         ({"target": {}}, "target must give exactly one of"),
         ({"target": {"flops": 0.5, "params": 0.5}}, "target must give exactly one of"),
         ({"target": {"heads": -1}}, "target.heads must be a non-negative integer count"),

@@ -132,30 +132,40 @@ def test_a_rerun_block_sees_what_the_full_model_gave_it(family):
     assert no_hooks(model)
 
 
-@pytest.mark.parametrize("family,criterion", [
-    ("llama", "sparsegpt"), ("llama", "wanda"), ("gpt2", "sparsegpt"), ("bert", "wanda"), ("whisper", "sparsegpt"),
+@pytest.mark.parametrize("family,criterion,sequential", [
+    ("llama", "sparsegpt", True), ("llama", "wanda", True), ("gpt2", "sparsegpt", True), ("bert", "wanda", True),
+    ("whisper", "sparsegpt", True), ("llama", "sparsegpt", False), ("whisper", "wanda", False),
 ])
-def test_blockwise_equals_one_linear_at_a_time_on_inputs_from_the_full_model(family, criterion):
+def test_blockwise_equals_the_plain_algorithm_on_inputs_from_the_full_model(family, criterion, sequential):
     """prune_blockwise carries inputs layer to layer and shares one statistic among linears that read the same
-    tensor; the result must be that of the plain algorithm: per linear, in order, inputs from running the model
-    from its start (every earlier linear already pruned)."""
-    settings = WeightSettings(criterion=criterion)
+    tensor; the result must be that of the plain algorithm with inputs from running the model from its start:
+    sequential, one linear at a time in order (every earlier linear already pruned); otherwise all linears of
+    a layer observed before any of them is pruned."""
+    settings = WeightSettings(criterion=criterion, sequential=sequential)
     batches = calibration(family)
     layers = {} if family == "whisper" else {"num_hidden_layers": 3}
     fast, plain = build(family, **layers), build(family, **layers)
     plain.load_state_dict(fast.state_dict())
     hfprune.sparsify(fast, settings, batches)
     kind = "hessian" if criterion == "sparsegpt" else "norms"
+    by_layer: dict[str, list] = {}
+    for target in weight_targets(plain):
+        by_layer.setdefault(target.layer_path, []).append(target)
     with torch.no_grad():
-        for target in weight_targets(plain):
-            block = plain.get_submodule(target.layer_path)
-            statistic = InputStatistic(kind, in_features(target.module), "cpu")
-            handle = target.module.register_forward_pre_hook(lambda m, args, s=statistic: s.add(args[0]))
-            for call in block_calls(plain, block, batches):
-                statistic.token_mask = call.token_mask
-                block(*call.args, **call.kwargs)
-            handle.remove()
-            prune_layer(target, settings, statistic.value())
+        for layer_path, targets in by_layer.items():
+            block = plain.get_submodule(layer_path)
+            for stage in ([t] for t in targets) if sequential else [targets]:
+                statistics = [InputStatistic(kind, in_features(t.module), "cpu") for t in stage]
+                handles = [t.module.register_forward_pre_hook(lambda m, args, s=s: s.add(args[0]))
+                           for t, s in zip(stage, statistics, strict=True)]
+                for call in block_calls(plain, block, batches):
+                    for statistic in statistics:
+                        statistic.token_mask = call.token_mask
+                    block(*call.args, **call.kwargs)
+                for handle in handles:
+                    handle.remove()
+                for target, statistic in zip(stage, statistics, strict=True):
+                    prune_layer(target, settings, statistic.value())
     for name, value in plain.state_dict().items():
         torch.testing.assert_close(fast.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
     assert no_hooks(fast)

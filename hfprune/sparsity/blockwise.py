@@ -8,14 +8,17 @@ not recomputed by running the model from its start.
 Inside a layer, the linears that read the same tensor (q, k and v; a gated MLP's gate and up) form one group
 with one shared input statistic, and groups are pruned in execution order, so later groups see the earlier ones
 pruned (SparseGPT's "true sequential" order): one partial pass of the layer per group, stopped as soon as the
-group has run. A Llama layer costs 4 partial passes plus the one that carries its outputs on, where pruning one
-linear at a time and re-running the model up to every layer cost ~20 layer passes per layer of a 30-layer model.
-Only one group's statistic is alive at a time (a Hessian is in_features^2 floats).
+group has run. A Llama layer costs 4 partial passes (about 2 full ones) plus the one that carries its outputs on,
+where pruning one linear at a time and re-running the model up to every layer cost ~20 layer passes per layer of
+a 30-layer model. With `sequential=False` every group is observed in one full pass, as Wanda's and
+llm-compressor's implementations do. Only one stage's statistics are alive at a time (a Hessian is
+in_features^2 floats).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 
 import torch
 import torch.nn as nn
@@ -31,8 +34,12 @@ class _GroupDone(Exception):
 
 @torch.no_grad()
 def prune_blockwise(model: nn.Module, targets: list, batches: list, kind: str,
-                    prune: Callable[[object, torch.Tensor], None]) -> None:
-    """Prune `targets` block by block, each with the statistic `kind` of its inputs, via `prune(target, stat)`."""
+                    prune: Callable[[object, torch.Tensor], None], sequential: bool = True) -> None:
+    """Prune `targets` block by block, each with the statistic `kind` of its inputs, via `prune(target, stat)`.
+
+    With `sequential`, each group of linears reading one input is observed after the groups before it are pruned
+    (one partial layer pass per group); without, every group of a layer is observed in one pass.
+    """
     blocks: dict[str, list] = {}
     for target in targets:
         blocks.setdefault(target.layer_path, []).append(target)
@@ -44,14 +51,19 @@ def prune_blockwise(model: nn.Module, targets: list, batches: list, kind: str,
                                               leave=False):
             block = model.get_submodule(layer_path)
             calls = layer_inputs.at(layer_path)
-            for group in input_groups(block, layer_targets, calls[0]):
-                statistic = InputStatistic(kind, in_features(group[0].module), group[0].module.weight.device)
-                with observing(group[0].module, statistic):
-                    _run_until(block, calls, [t.module for t in group], statistic)
-                value = statistic.value()
-                for target in group:
-                    prune(target, value)
-                del statistic, value
+            groups = input_groups(block, layer_targets, calls[0])
+            for stage in ([g] for g in groups) if sequential else [groups]:
+                statistics = [InputStatistic(kind, in_features(g[0].module), g[0].module.weight.device)
+                              for g in stage]
+                with ExitStack() as stack:
+                    for group, statistic in zip(stage, statistics, strict=True):
+                        stack.enter_context(observing(group[0].module, statistic))
+                    _run_until(block, calls, [t.module for g in stage for t in g], statistics)
+                for group, statistic in zip(stage, statistics, strict=True):
+                    value = statistic.value()
+                    for target in group:
+                        prune(target, value)
+                del statistics, value
     finally:
         model.train(was_training)
 
@@ -78,7 +90,7 @@ def input_groups(block: nn.Module, targets: list, call: BlockCall) -> list[list]
     return list(groups.values()) + [[t] for t in unseen]
 
 
-def _run_until(block: nn.Module, calls: list[BlockCall], modules: list[nn.Module], statistic: InputStatistic):
+def _run_until(block: nn.Module, calls: list[BlockCall], modules: list[nn.Module], statistics: list[InputStatistic]):
     """Run `block` on every call, stopping each run once all of `modules` have run."""
     ran: set[int] = set()
 
@@ -91,7 +103,8 @@ def _run_until(block: nn.Module, calls: list[BlockCall], modules: list[nn.Module
     try:
         for call in calls:
             ran.clear()
-            statistic.token_mask = call.token_mask
+            for statistic in statistics:
+                statistic.token_mask = call.token_mask
             try:
                 block(*call.args, **call.kwargs)
             except _GroupDone:

@@ -14,7 +14,7 @@ pattern sparse tensor cores run). Counts are exact: a layer at sparsity s has ro
 (magnitude, sparsegpt), each row round(s * inputs) zeros (wanda), each group exactly N zeros (N:M).
 
 Data-driven criteria run block by block (see `blockwise.py`): each transformer layer is calibrated on the
-outputs of the already-pruned layers before it, and inside a layer one linear is pruned at a time.
+outputs of the already-pruned layers before it, and inside a layer group by group (`weights.sequential`).
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def sparsify(
                 for target in tqdm(targets, desc="weight sparsity", unit="layer", leave=False):
                     prune_layer(target, settings)
             else:
-                prune_blockwise(model, targets, batches, statistic, lambda t, s: prune_layer(t, settings, s))
+                prune_blockwise(model, targets, batches, statistic, lambda t, s: prune_layer(t, settings, s),
+                                sequential=settings.sequential)
     names = {t.name for t in targets}
     return {name: value for name, value in weight_sparsity(model).items() if name in names}

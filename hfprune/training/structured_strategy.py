@@ -72,8 +72,8 @@ class StructuredPruning(PruningStrategy):
         self.metric = recipe.target.metric
         if self.metric not in ("flops", "params", "nonembedding_params"):
             raise RecipeError(
-                "PruningCallback needs a flops, params or nonembedding_params fraction target (target.latency is measured once, by the "
-                "one-shot hfprune.prune; a flops target is the closest during training)"
+                "PruningCallback needs a flops, params or nonembedding_params fraction target (target.latency is "
+                "measured once, by the one-shot hfprune.prune; a flops target is the closest during training)"
             )
         if recipe.criterion not in TRAINING_CRITERIA:
             raise RecipeError(
