@@ -43,9 +43,9 @@ class Recipe:
     structures: list = _help(
         "What may be removed: any of heads, neurons, channels, layers, weights. `channels` are the output channels "
         "of a speech model's conv feature encoder (wav2vec2, HuBERT, WavLM; DPHuBERT). `layers` removes whole "
-        "layers by block "
-        "importance (ShortGPT); with heads/neurons it is not supported yet. `weights` sets single weights to zero "
-        "(see `weights`), after any structure was removed; `target` and `criterion` do not apply to it.",
+        "layers by block importance (ShortGPT); with heads/neurons, the number of layers removed is chosen with "
+        "them in one budget (the depth whose plan stays closest to the dense model). `weights` sets single "
+        "weights to zero (see `weights`) after any structure was removed; `target` and `criterion` do not apply to it.",
         default_factory=lambda: ["heads", "neurons"],
     )
     criterion: str = _help(
@@ -128,8 +128,8 @@ class Recipe:
         bad = [s for s in self.structures if s not in STRUCTURES]
         if bad or not self.structures:
             raise RecipeError(f"structures must be a non-empty list of {STRUCTURES}; got {self.structures}")
-        if "layers" in self.structures and {"heads", "neurons", "channels"} & set(self.structures):
-            raise RecipeError("structures: `layers` cannot be combined with heads/neurons/channels yet; use it alone")
+        if "layers" in self.structures and "channels" in self.structures:
+            raise RecipeError("structures: `layers` cannot be combined with `channels` yet")
         self._check_weights()
         CRITERIA.check(self.criterion, also=("movement",))
         if self.gqa not in ("heads", "groups"):

@@ -334,3 +334,26 @@ def test_nonembedding_params_target_leaves_the_vocabulary_out():
     assert 0.5 < kept <= 0.6 + 1e-9
     assert report.summary()["nonembedding_params"] == [counts.nonembedding_params, report.after.nonembedding_params]
     assert "w/o embed." in str(report)
+
+
+def test_layers_heads_and_neurons_in_one_budget_drop_an_idle_layer_and_prune_the_rest():
+    """With layers among the structures, the depth search tries 0, 1, 2, ... removed layers (least block
+    importance first) with the heads and neurons of the rest searched under the same budget, and keeps the plan
+    closest to the dense model. A layer that adds almost nothing must be the one dropped (whole, config
+    included), and the saved budget must not be spent twice."""
+    model = build("llama", num_hidden_layers=5)
+    with torch.no_grad():  # layer 2 barely changes the residual stream: dropping it is nearly free
+        model.model.layers[2].self_attn.o_proj.weight.mul_(1e-4)
+        model.model.layers[2].mlp.down_proj.weight.mul_(1e-4)
+    batches = calibration("llama")
+    recipe = hfprune.Recipe(target={"nonembedding_params": 0.7}, structures=["layers", "heads", "neurons"],
+                            round_neurons=1, tune=False, rearrange=False)
+    report = hfprune.prune(model, recipe, calibration=batches)
+    assert report.depth_search[1] <= report.depth_search[0]
+    assert len(model.model.layers) == model.config.num_hidden_layers == 4
+    assert report.layer_scores["decoder.2"] == min(report.layer_scores.values())
+    kept = report.after.nonembedding_params / report.before.nonembedding_params
+    assert 0.6 < kept <= 0.7 + 1e-9
+    assert "depth search" in str(report)
+    with pytest.raises(hfprune.RecipeError, match="`layers` cannot be combined with `channels`"):
+        hfprune.Recipe(structures=["layers", "channels"])

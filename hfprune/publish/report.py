@@ -27,6 +27,7 @@ class PruningReport:
         weight_sizes: number of weights of each of those linears (to weigh the overall sparsity).
         latency: measured seconds of a forward pass [before, after], with a `latency` target (random inputs
             at the budget's lengths and `recipe.latency_batch_size`).
+        depth_search: with layers and units in one budget, layers removed -> KL of that plan to the dense model.
     """
 
     recipe: object
@@ -39,6 +40,7 @@ class PruningReport:
     weight_sparsity: dict[str, float] = field(default_factory=dict)
     weight_sizes: dict[str, int] = field(default_factory=dict)
     latency: list[float] | None = None
+    depth_search: dict[int, float] = field(default_factory=dict)
 
     @contextmanager
     def phase(self, name: str):
@@ -78,6 +80,7 @@ class PruningReport:
             "weight_sparsity": {n: round(v, 6) for n, v in self.weight_sparsity.items()},
             "weight_sparsity_overall": self.overall_weight_sparsity,
             **({"latency_s": self.latency} if self.latency else {}),
+            **({"depth_search": self.depth_search} if self.depth_search else {}),
         }
 
     @property
@@ -131,6 +134,9 @@ class PruningReport:
             lines += self._weight_lines()
         if self.layer_scores:
             lines += ["", "block importance: " + ", ".join(f"{n} {s:.3f}" for n, s in self.layer_scores.items())]
+        if self.depth_search:
+            lines += ["depth search (layers removed: KL): "
+                      + ", ".join(f"{d}: {kl:.4f}" for d, kl in self.depth_search.items())]
         if self.quality:
             lines += ["", f"{'after step':<20}{'agreement':>10}{'KL':>10}   (vs dense, calibration data)"]
             for step, values in self.quality.items():

@@ -9,15 +9,34 @@ import torch.nn as nn
 from ..calibration.capture import model_inputs
 from ..core.masks import SoftMasks
 
+# The dense outputs are held while the plan is refined: an LLM's logits are 4 bytes x vocabulary per token
+# (200 kB for a 49k vocabulary, 6 GB for 64 windows of 512 tokens), so the probe stops at this many bytes.
+PROBE_BYTES = 2**30
+
+
+def _outputs(model: nn.Module, batch: dict) -> torch.Tensor:
+    output = model(**model_inputs(model, batch))
+    logits = getattr(output, "logits", None)
+    return (logits if logits is not None else output[0]).float()
+
 
 @torch.no_grad()
 def model_outputs(model: nn.Module, batches: list) -> list[torch.Tensor]:
-    outputs = []
+    return [_outputs(model, batch) for batch in batches]
+
+
+@torch.no_grad()
+def reference_outputs(model: nn.Module, batches: list, max_bytes: int = PROBE_BYTES) -> tuple[list, list]:
+    """The leading `batches` whose outputs fit in `max_bytes` (at least one), and those outputs."""
+    kept, outputs, size = [], [], 0
     for batch in batches:
-        output = model(**model_inputs(model, batch))
-        logits = getattr(output, "logits", None)
-        outputs.append((logits if logits is not None else output[0]).float())
-    return outputs
+        output = _outputs(model, batch)
+        size += output.numel() * output.element_size()
+        if kept and size > max_bytes:
+            break
+        kept.append(batch)
+        outputs.append(output)
+    return kept, outputs
 
 
 @torch.no_grad()

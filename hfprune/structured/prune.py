@@ -4,8 +4,8 @@ The driver: checks the recipe and calibration data, then scores every head and n
 `structures: [..., channels]`) on calibration data (`criteria.py`), searches the kept set under the budget
 (`search.py`; a latency target priced by `latency_budget.py`), optionally rearranges and tunes the masks (Kwon et
 al. 2022, `refine.py`), then shrinks the model in place and reports. `structures: [layers]` drops whole layers
-instead (`layers.py`). With `structures: [..., weights]` the weights left after shrinking are then sparsified
-(`hfprune.sparsity`).
+instead (`layers.py`); with heads/neurons too, the number of layers dropped is searched with them (`depth.py`).
+With `structures: [..., weights]` the weights left after shrinking are then sparsified (`hfprune.sparsity`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ..calibration.seq2seq import with_decoder_inputs
 from ..core import AttentionSite, prepared_adapter, resolve_sites
 from ..core.masks import SoftMasks
 from ..core.record import ensure_record
-from ..core.surgery import remove_channels, remove_heads, remove_neurons
+from ..core.surgery import remove_channels, remove_heads, remove_layers, remove_neurons
 from ..cost.flops import count
 from ..cost.latency import dummy_inputs, measure_latency, profile_latency
 from ..errors import RecipeError
@@ -30,8 +30,9 @@ from ..recipe import Recipe
 from ..registry import WEIGHT_CRITERIA
 from ..sparsity.sparsify import sparsify
 from ..sparsity.targets import check_widths, weight_targets
-from .agreement import agreement, model_outputs
+from .agreement import agreement, reference_outputs
 from .criteria import NEEDS_DATA, compute_scores
+from .depth import choose_depth, layer_of
 from .latency_budget import latency_costed
 from .layers import prune_layers
 from .rearrange import rearrange
@@ -116,7 +117,7 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
     was_training = model.training
     model.eval()
     try:
-        if "layers" in structured:
+        if structured == ["layers"]:
             prune_layers(model, recipe, batches, before, report)
         elif structured:
             _prune_units(model, recipe, batches, before, report)
@@ -158,11 +159,14 @@ def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningRe
         before = latency_costed(profile, recipe, before)
     with report.phase("scoring"):
         scores = compute_scores(model, recipe.criterion, batches, channels="channels" in recipe.structures)
-    with report.phase("search"):
-        plan = search(before, scores, recipe)
     # What each refinement step contributes is measured on a slice of the calibration data: enough to compare.
-    probe = _limit(batches, QUALITY_SAMPLES)
-    dense = model_outputs(model, probe)
+    probe, dense = reference_outputs(model, _limit(batches, QUALITY_SAMPLES))
+    removed_layers: list[str] = []
+    with report.phase("search"):
+        if "layers" in recipe.structures:
+            removed_layers, plan = choose_depth(model, recipe, before, scores, probe, dense, report)
+        else:
+            plan = search(before, scores, recipe)
     if probe:
         report.quality["search"] = agreement(model, plan, probe, dense)
     if recipe.rearrange and scores.head_grads:
@@ -184,6 +188,8 @@ def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningRe
             heads, neurons = plan.removals(before)
             channels = plan.channel_removals(before)
     with report.phase("surgery"):
-        remove_heads(model, heads)
-        remove_neurons(model, neurons)
+        # Removed layers go whole (their norms too), after the units: unit removal keeps layer numbers.
+        remove_heads(model, {n: h for n, h in heads.items() if layer_of(n) not in removed_layers})
+        remove_neurons(model, {n: u for n, u in neurons.items() if layer_of(n) not in removed_layers})
         remove_channels(model, channels)
+        remove_layers(model, removed_layers)

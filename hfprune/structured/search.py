@@ -69,7 +69,7 @@ class _Unit:
     cost: float
 
 
-def _cost_of(site: SiteCount, metric: str) -> tuple[float, float]:
+def unit_cost(site: SiteCount, metric: str) -> tuple[float, float]:
     """Cost of one unit and of one KV head at `site` under the budget metric."""
     if metric == "flops":
         return site.flops_per_unit, site.flops_per_kv_unit
@@ -82,7 +82,7 @@ def _cost_of(site: SiteCount, metric: str) -> tuple[float, float]:
 
 def _head_units(site: SiteCount, scores: torch.Tensor, metric: str, gqa: str) -> list[_Unit]:
     """Units of one attention site, most important first (the order in which a site keeps them)."""
-    per_head, per_kv = _cost_of(site, metric)
+    per_head, per_kv = unit_cost(site, metric)
     heads, kv = site.units, site.kv_units
     group = heads // kv
     if group == 1:
@@ -186,7 +186,7 @@ def search(counts: ModelCount, scores: Scores, recipe: Recipe) -> Plan:
         else:
             if name not in unit_scores[kind]:
                 raise RecipeError(f"the criterion's scores have no {kind} for {name}; cannot prune its {kind}")
-            per_unit, _ = _cost_of(site, metric)
+            per_unit, _ = unit_cost(site, metric)
             score = unit_scores[kind][name]
             units = [_Unit(name, [i], float(score[i]), per_unit) for i in score.argsort(descending=True).tolist()]
             keep_at_least = min(minimums[kind], site.units)
@@ -302,7 +302,7 @@ def planned_cost(plan: Plan, counts: ModelCount, metric: str) -> float:
     FLOPs and params)."""
     total = counts.total(metric)
     for name, site in counts.sites.items():
-        per_unit, per_kv = _cost_of(site, metric)
+        per_unit, per_kv = unit_cost(site, metric)
         if name in plan.neurons:
             total -= (site.units - len(plan.neurons[name])) * per_unit
         if name in plan.channels:
