@@ -41,7 +41,7 @@ def reference_outputs(model: nn.Module, batches: list, max_bytes: int = PROBE_BY
 
 @torch.no_grad()
 def agreement(model: nn.Module, plan_or_masks, batches: list, reference: list) -> dict[str, float]:
-    """How close the masked model stays to the dense one (`reference`: `model_outputs` of the unmasked
+    """How close the masked model stays to the dense one (`reference`: `reference_outputs` of the unmasked
     model) on `batches`: argmax agreement and mean KL per position of the outputs."""
     if isinstance(plan_or_masks, SoftMasks):
         pruned = model_outputs(model, batches)
