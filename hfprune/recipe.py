@@ -95,6 +95,13 @@ class Recipe:
         "reconstruction; more freedom than `tune`, which it replaces when both are on).",
         False,
     )
+    add_bias: bool = _help(
+        "With `reconstruct`: families built without biases get zero biases on their projections where the config "
+        "can express them (Llama's `attention_bias`, `mlp_bias`), and the refit fits the output projection's "
+        "bias too (FLAP's bias compensation): an offset absorbs the mean of what the removed units added. The "
+        "result still loads with plain `from_pretrained`. Refused for families whose config cannot say it.",
+        False,
+    )
     sites: list | None = _help("Prune only sites whose name starts with one of these (e.g. [encoder]).", None)
     distill: DistillSettings | None = _help(
         "PruningCallback only: distil from the dense model, {alpha: 0.5, temperature: 2.0, hidden: 0.0} "
@@ -131,6 +138,8 @@ class Recipe:
         if "layers" in self.structures and "channels" in self.structures:
             raise RecipeError("structures: `layers` cannot be combined with `channels` yet")
         self._check_weights()
+        if self.add_bias and not self.reconstruct:
+            raise RecipeError("add_bias fits a bias in the weight reconstruction: set reconstruct: true as well")
         CRITERIA.check(self.criterion, also=("movement",))
         if self.gqa not in ("heads", "groups"):
             raise RecipeError(f"gqa must be 'heads' or 'groups', got {self.gqa!r}")

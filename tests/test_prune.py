@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -357,3 +358,32 @@ def test_layers_heads_and_neurons_in_one_budget_drop_an_idle_layer_and_prune_the
     assert "depth search" in str(report)
     with pytest.raises(hfprune.RecipeError, match="`layers` cannot be combined with `channels`"):
         hfprune.Recipe(structures=["layers", "channels"])
+
+
+def test_add_bias_fits_an_offset_that_reloads_with_plain_from_pretrained(tmp_path):
+    """Llama has no biases but its config can give them (attention_bias, mlp_bias): reconstruction with add_bias
+    refits the output projections' bias too, which must fit the dense outputs at least as well as without it,
+    and the pruned model (uniform) must reload with plain from_pretrained and compute the same."""
+    batches = calibration("llama")
+    recipe = hfprune.Recipe(target={"neurons": 48, "heads": 4}, criterion="magnitude", round_neurons=1,
+                            reconstruct=True, add_bias=True, rearrange=False)
+    errors = {}
+    for add_bias in (False, True):
+        model = build("llama")
+        dense = copy.deepcopy(model)
+        hfprune.prune(model, dataclasses.replace(recipe, add_bias=add_bias), calibration=batches)
+        with torch.no_grad():
+            errors[add_bias] = sum(float((model(**b).logits - dense(**b).logits).pow(2).mean()) for b in batches)
+    assert model.config.attention_bias and model.config.mlp_bias
+    layer = model.model.layers[0]
+    assert layer.self_attn.o_proj.bias is not None and layer.mlp.gate_proj.bias is not None
+    assert float(layer.mlp.down_proj.bias.detach().abs().sum()) > 0  # fitted, not left at zero
+    assert errors[True] <= errors[False] * 1.001, errors
+    model.save_pretrained(tmp_path)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batches[0]).logits, model(**batches[0]).logits)
+    with pytest.raises(hfprune.RecipeError, match="set reconstruct: true"):
+        hfprune.Recipe(add_bias=True)
+    with pytest.raises(hfprune.PruningSpecError, match="cannot give its projections a bias"):
+        hfprune.prune(build("mistral"), recipe, calibration=batches)

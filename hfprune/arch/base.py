@@ -41,6 +41,8 @@ class AttentionSpec:
             input of the module at `path` (relative to the layer; an empty path is the layer itself). Mask tuning
             reconstructs residual + output, as Kwon et al. do. A callable `layer -> str` where it depends on
             the config.
+        bias_field: config field that gives q, k, v and o a bias when true (Llama's `attention_bias`), for
+            families built without one: weight reconstruction may then add a fitted bias (`add_bias`).
     """
 
     kind: str
@@ -56,6 +58,7 @@ class AttentionSpec:
     head_tensors: dict[str, int] = field(default_factory=dict)
     replace_when_empty: bool = True
     residual: str | Callable[[nn.Module], str] = ":0"
+    bias_field: str | None = None
 
     def __post_init__(self):
         bad = {a: q for a, q in self.attributes.items() if q not in HEAD_QUANTITIES}
@@ -72,12 +75,14 @@ class FfnSpec:
         output: the projection whose *inputs* are the neurons (down).
         attributes: `{module path: attribute}` pairs that hold the FFN width (Llama's `mlp.intermediate_size`).
         residual: as in `AttentionSpec`: where the residual added to the FFN's output is read.
+        bias_field: as in `AttentionSpec`, for every input and the output projection (Llama's `mlp_bias`).
     """
 
     inputs: tuple[str, ...]
     output: str
     residual: str | Callable[[nn.Module], str]
     attributes: dict[str, str] = field(default_factory=dict)
+    bias_field: str | None = None
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ LLAMA = register_adapter(
                         v="v_proj",
                         o="self_attn.o_proj",
                         attributes={"num_key_value_groups": "groups"},
+                        bias_field="attention_bias",  # Llama only: Mistral and Qwen2 configs have no such field
                     ),
                 ),
                 ffn=FfnSpec(
@@ -31,6 +32,7 @@ LLAMA = register_adapter(
                     output="mlp.down_proj",
                     residual="post_attention_layernorm:0",
                     attributes={"mlp": "intermediate_size"},
+                    bias_field="mlp_bias",
                 ),
                 layers_field="num_hidden_layers",
                 ffn_field="intermediate_size",

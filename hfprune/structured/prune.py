@@ -19,6 +19,7 @@ from ..calibration.batches import check_calibration
 from ..calibration.lengths import mean_lengths
 from ..calibration.seq2seq import with_decoder_inputs
 from ..core import AttentionSite, prepared_adapter, resolve_sites
+from ..core.bias import add_biases, bias_sites
 from ..core.masks import SoftMasks
 from ..core.record import ensure_record
 from ..core.surgery import remove_channels, remove_heads, remove_layers, remove_neurons
@@ -94,6 +95,8 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
     prepared_adapter(model)
     if weights is not None:
         _check_weight_pattern(model, recipe, weights)
+    if structured and recipe.add_bias:
+        bias_sites(model)  # refused before anything runs when the config cannot carry the biases
     needed_by = None
     if "layers" in structured:
         needed_by = "layer pruning (block importance)"
@@ -173,6 +176,8 @@ def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningRe
         with report.phase("rearrangement"):
             plan = rearrange(plan, scores, before)
         report.quality["rearrangement"] = agreement(model, plan, probe, dense)
+    if recipe.reconstruct and recipe.add_bias:
+        add_biases(model)
     with SoftMasks(model, channels=bool(plan.channels)) as masks:
         plan.apply(masks)
         if recipe.reconstruct:
