@@ -18,7 +18,8 @@ Methods (`--methods`, comma-separated names, default all):
 - structured, no retraining, at each `--levels` fraction of the non-embedding parameters (the token embedding,
   tied to the LM head, is 21 % of the model and is not pruned):
   `hfprune` (recipes/llama-oneshot.yaml with the level as target), `hfprune-groups` (whole KV groups),
-  `hfprune-layers` (layer removal by block influence, ShortGPT), `torch-pruning` (Torch-Pruning's LLM example:
+  `hfprune-depth` (layers, heads and neurons in one budget), `hfprune-layers` (layer removal alone, by block
+  influence: ShortGPT), `torch-pruning` (Torch-Pruning's LLM example:
   uniform per layer, magnitude);
 - weights, 50 % unstructured and 2:4: `hfprune-wanda`, `hfprune-sparsegpt`, `llmcompressor-wanda`,
   `llmcompressor-sparsegpt` (llm-compressor 0.14 in its own virtual environment,
@@ -58,7 +59,7 @@ PROMPTS = (
     "A list comprehension is",
     "To read a file line by line,",
 )
-STRUCTURED = ("hfprune", "hfprune-groups", "hfprune-layers", "torch-pruning")
+STRUCTURED = ("hfprune", "hfprune-groups", "hfprune-depth", "hfprune-layers", "torch-pruning")
 WEIGHTS = ("hfprune-wanda", "hfprune-sparsegpt", "llmcompressor-wanda", "llmcompressor-sparsegpt")
 PATTERNS = ("unstructured", "2:4")
 
@@ -131,6 +132,8 @@ def hfprune_structured(model, batches, level: float, variant: str) -> dict:
     recipe.target = {"nonembedding_params": level}
     if variant == "hfprune-groups":
         recipe.gqa = "groups"
+    if variant == "hfprune-depth":
+        recipe.structures = ["layers", "heads", "neurons"]
     if variant == "hfprune-layers":
         recipe = hfprune.Recipe(target={"nonembedding_params": level}, structures=["layers"])
     report = hfprune.prune(model, recipe, calibration=batches)
