@@ -83,6 +83,6 @@ def test_perplexity_and_shapes_of_a_pruned_llama():
 
 
 def test_unknown_method_is_refused():
-    args = bench_llm.argparse.Namespace(methods="hfprune,nope", levels="0.8")
+    args = bench_llm.argparse.Namespace(methods="hfprune,nope", levels="0.8", patterns="unstructured")
     with pytest.raises(SystemExit, match="unknown method"):
         bench_llm.jobs(args)

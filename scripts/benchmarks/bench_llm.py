@@ -216,13 +216,18 @@ def jobs(args) -> list[tuple[str, str]]:
         if method in STRUCTURED:
             out += [(method, level) for level in args.levels.split(",")]
         elif method in WEIGHTS:
-            out += [(method, pattern) for pattern in PATTERNS]
+            out += [(method, pattern) for pattern in args.patterns.split(",")]
     return out
 
 
 def run_job(args, method: str, setting: str) -> dict:
     result_file = Path(args.out) / "runs" / f"{method}-{setting}.json".replace(":", "of")
     result_file.parent.mkdir(parents=True, exist_ok=True)
+    if args.resume and result_file.is_file():
+        result = json.loads(result_file.read_text())
+        if result.get("calibration") == args.calibration:
+            print(f"\n=== {method} {setting}: from {result_file}", flush=True)
+            return result
     command = [sys.executable, "-m", "scripts.benchmarks.bench_llm", "--worker", method, "--setting", setting,
                "--calibration", str(args.calibration), "--eval-windows", str(args.eval_windows), "--out", args.out,
                "--result", str(result_file)]
@@ -299,9 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default="", help="comma-separated method names (default: all)")
     parser.add_argument("--levels", default="0.8,0.65", help="fractions of the non-embedding parameters kept")
+    parser.add_argument("--patterns", default="unstructured,2:4", help="weight sparsity patterns")
     parser.add_argument("--calibration", type=int, default=64, help="calibration windows of 512 tokens")
     parser.add_argument("--eval-windows", type=int, default=32, help="evaluation windows of 512 tokens")
     parser.add_argument("--out", default="bench_out/llm", help="folder for runs and pruned models")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the results of runs already in --out (same calibration size)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--setting", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
