@@ -113,13 +113,17 @@ def nonembedding(model) -> int:
 
 
 def shapes(model) -> dict:
-    """Per-layer query heads, KV heads and FFN width, and the number of layers."""
+    """Per-layer query heads, KV heads and FFN width (0 where a block lost every unit), and the number of layers."""
     layers = model.model.layers
+
+    def heads(layer, projection: str) -> int:
+        module = getattr(layer.self_attn, projection, None)  # an emptied attention block has no projections
+        return module.out_features // model.config.head_dim if module is not None else 0
+
     return {
         "layers": len(layers),
-        "heads": [getattr(layer.self_attn.q_proj, "out_features", 0) // model.config.head_dim for layer in layers],
-        "kv_heads": [getattr(layer.self_attn.k_proj, "out_features", 0) // model.config.head_dim for layer in layers]
-        if all(hasattr(layer.self_attn, "k_proj") for layer in layers) else None,
+        "heads": [heads(layer, "q_proj") for layer in layers],
+        "kv_heads": [heads(layer, "k_proj") for layer in layers],
         "ffn": [layer.mlp.down_proj.in_features for layer in layers],
     }
 
