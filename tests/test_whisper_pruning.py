@@ -135,7 +135,7 @@ def test_oneshot_on_unlabelled_audio_meets_the_budget_and_generates(criterion, t
     assert report.after.flops == hfprune.count(model, report.before.seq_len, 16).flops
     assert "mask tuning" in report.quality
     if criterion != "activation":
-        assert "rearrangement" in report.quality, "gradient criteria drive the rearrangement"
+        assert any(step.startswith("rearrangement") for step in report.quality), "gradient criteria rearrange"
     kinds = {name.rsplit(".", 1)[1] for name, (before, after) in report.kept_per_site().items() if after < before}
     if criterion != "fisher":  # each kind spends its share of the budget; Fisher may keep one kind whole
         assert kinds == {"attention", "cross_attention", "ffn"}, "every kind of site was pruned"
