@@ -21,7 +21,9 @@ Methods (`--methods`, comma-separated names, default all):
   `hfprune-depth` (layers, heads and neurons in one budget), `hfprune-layers` (layer removal alone, by block
   influence: ShortGPT), `torch-pruning` (Torch-Pruning's LLM example:
   uniform per layer, magnitude);
-- weights, 50 % unstructured and 2:4: `hfprune-wanda`, `hfprune-sparsegpt`, `llmcompressor-wanda`,
+- weights, 50 % unstructured and 2:4: `hfprune-wanda`, `hfprune-sparsegpt` (true-sequential groups, the
+  default), `hfprune-wanda-onepass`, `hfprune-sparsegpt-onepass` (`weights.sequential: false`: a whole layer
+  observed in one pass, as llm-compressor does), `llmcompressor-wanda`,
   `llmcompressor-sparsegpt` (llm-compressor 0.14 in its own virtual environment,
   `scripts/benchmarks/setup_llmcompressor_venv.sh`).
 
@@ -60,7 +62,8 @@ PROMPTS = (
     "To read a file line by line,",
 )
 STRUCTURED = ("hfprune", "hfprune-groups", "hfprune-depth", "hfprune-layers", "torch-pruning")
-WEIGHTS = ("hfprune-wanda", "hfprune-sparsegpt", "llmcompressor-wanda", "llmcompressor-sparsegpt")
+WEIGHTS = ("hfprune-wanda", "hfprune-wanda-onepass", "hfprune-sparsegpt", "hfprune-sparsegpt-onepass",
+           "llmcompressor-wanda", "llmcompressor-sparsegpt")
 PATTERNS = ("unstructured", "2:4")
 
 
@@ -151,8 +154,10 @@ def torch_pruning(model, batches, level: float) -> dict:
     return prune_llm_uniform(model, level, batches[0]["input_ids"][:1])
 
 
-def hfprune_weights(model, batches, criterion: str, pattern: str) -> dict:
-    recipe = hfprune.Recipe(structures=["weights"], weights={"criterion": criterion, "pattern": pattern},
+def hfprune_weights(model, batches, variant: str, pattern: str) -> dict:
+    criterion = variant.split("-")[1]
+    weights = {"criterion": criterion, "pattern": pattern, "sequential": not variant.endswith("-onepass")}
+    recipe = hfprune.Recipe(structures=["weights"], weights=weights,
                             num_samples=sum(len(b["input_ids"]) for b in batches))
     hfprune.prune(model, recipe, calibration=batches)
     return {}
@@ -186,7 +191,7 @@ def run_worker(args) -> dict:
             else:
                 details = hfprune_structured(model, batches, level, args.worker)
         else:
-            details = hfprune_weights(model, batches, args.worker.split("-")[1], args.setting)
+            details = hfprune_weights(model, batches, args.worker, args.setting)
         result["prune_s"] = time.perf_counter() - start
         result["peak_rss_gb"] = peak_rss_gb()
         result["details"] = details
