@@ -421,3 +421,18 @@ def test_a_rearrangement_that_the_probe_finds_worse_is_undone(monkeypatch):
     assert report.kept_per_site() == plain.kept_per_site()
     with torch.no_grad():
         torch.testing.assert_close(model(**batches[0]).logits, expected(**batches[0]).logits)
+
+
+def test_rearrange_returns_a_new_plan_and_leaves_the_searched_one_alone():
+    """prune() keeps the searched plan when the rearranged one measures worse: that needs the searched plan
+    intact after rearrange() ran."""
+    from hfprune.structured.rearrange import rearrange
+
+    model = build("bert")
+    batches = calibration("bert", labels=True)
+    counts = hfprune.count(model, seq_len=12)
+    scores = compute_scores(model, "fisher", batches)
+    plan = search(counts, scores, hfprune.Recipe(target={"flops": 0.5}, round_neurons=1))
+    searched = copy.deepcopy(plan)
+    rearranged = rearrange(plan, scores, counts)
+    assert plan == searched and rearranged is not plan

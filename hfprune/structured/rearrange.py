@@ -6,6 +6,8 @@ together. Greedy best-swap search.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from .criteria import Scores
@@ -37,8 +39,10 @@ def _best_removed_set(grads: torch.Tensor, kept: list[int]) -> list[int]:
 
 
 def rearrange(plan, scores: Scores, counts):
-    """Rearrange each site's kept set (same size) using the per-batch gradients of a gradient criterion.
-    GQA sites, whose units are tied across groups, keep the search's choice."""
+    """A copy of `plan` with each site's kept set (same size) rearranged using the per-batch gradients of a
+    gradient criterion (`plan` itself is left as it is, so a caller can keep it). GQA sites, whose units are tied
+    across groups, keep the search's choice."""
+    plan = copy.deepcopy(plan)
     tables = ((plan.heads, scores.head_grads), (plan.neurons, scores.neuron_grads),
               (plan.channels, scores.channel_grads))
     for table, grads in tables:
