@@ -156,11 +156,11 @@ class WeightSettings(_Settings):
         "SparseGPT's column block; default the largest multiple of M up to 128 (128 for unstructured).", None
     )
     sequential: bool = help_field(
-        "Wanda/SparseGPT: within a layer, calibrate each group of linears that read one input (q/k/v, o, gate/up, "
-        "down) after the groups before it are pruned, one partial pass per group ('true sequential'); False: all "
-        "of a layer's linears observed in one pass, as Wanda's and llm-compressor's implementations do (fewer "
-        "layer passes, later linears calibrated on unpruned inputs).",
-        True,
+        "Wanda/SparseGPT: False (default) observes all of a layer's linears in one pass, as Wanda's and "
+        "llm-compressor's implementations do; True calibrates each group of linears that read one input (q/k/v, "
+        "o, gate/up, down) after the groups before it are pruned ('true sequential', one partial pass per group, "
+        "~1.6x the time). On SmolLM2-135M, Wanda 50 %: one pass 98 s, perplexity 42.59; sequential 160 s, 42.89.",
+        False,
     )
 
     def __post_init__(self):

@@ -6,13 +6,13 @@ from the previous one (`hfprune.calibration.capture.LayerInputs`: one pass of th
 not recomputed by running the model from its start.
 
 Inside a layer, the linears that read the same tensor (q, k and v; a gated MLP's gate and up) form one group
-with one shared input statistic, and groups are pruned in execution order, so later groups see the earlier ones
-pruned (SparseGPT's "true sequential" order): one partial pass of the layer per group, stopped as soon as the
-group has run. A Llama layer costs 4 partial passes (about 2 full ones) plus the one that carries its outputs on,
-where pruning one linear at a time and re-running the model up to every layer cost ~20 layer passes per layer of
-a 30-layer model. With `sequential=False` every group is observed in one full pass, as Wanda's and
-llm-compressor's implementations do. Only one stage's statistics are alive at a time (a Hessian is
-in_features^2 floats).
+with one shared input statistic. By default every group is observed in one pass of the layer, as Wanda's and
+llm-compressor's implementations do: two layer passes per layer with the one that carries its outputs on, where
+pruning one linear at a time and re-running the model up to every layer cost ~20 per layer of a 30-layer model.
+With `sequential=True` groups are pruned in execution order, so later groups see the earlier ones pruned
+(SparseGPT's "true sequential" order): one partial pass per group, stopped as soon as the group has run (a
+Llama layer: 4 partial passes, about 2 full ones). Only one stage's statistics are alive at a time (a Hessian
+is in_features^2 floats).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class _GroupDone(Exception):
 
 @torch.no_grad()
 def prune_blockwise(model: nn.Module, targets: list, batches: list, kind: str,
-                    prune: Callable[[object, torch.Tensor], None], sequential: bool = True) -> None:
+                    prune: Callable[[object, torch.Tensor], None], sequential: bool = False) -> None:
     """Prune `targets` block by block, each with the statistic `kind` of its inputs, via `prune(target, stat)`.
 
     With `sequential`, each group of linears reading one input is observed after the groups before it are pruned
