@@ -21,9 +21,9 @@ Methods (`--methods`, comma-separated names, default all):
   `hfprune-depth` (layers, heads and neurons in one budget), `hfprune-layers` (layer removal alone, by block
   influence: ShortGPT), `torch-pruning` (Torch-Pruning's LLM example:
   uniform per layer, magnitude);
-- weights, 50 % unstructured and 2:4: `hfprune-wanda`, `hfprune-sparsegpt` (true-sequential groups, the
-  default), `hfprune-wanda-onepass`, `hfprune-sparsegpt-onepass` (`weights.sequential: false`: a whole layer
-  observed in one pass, as llm-compressor does), `llmcompressor-wanda`,
+- weights, 50 % unstructured and 2:4: `hfprune-wanda`, `hfprune-sparsegpt` (the defaults: a whole layer
+  observed in one pass, as llm-compressor does), `hfprune-wanda-sequential`, `hfprune-sparsegpt-sequential`
+  (`weights.sequential: true`: each group of linears after the ones before it are pruned), `llmcompressor-wanda`,
   `llmcompressor-sparsegpt` (llm-compressor 0.14 in its own virtual environment,
   `scripts/benchmarks/setup_llmcompressor_venv.sh`).
 
@@ -62,7 +62,7 @@ PROMPTS = (
     "To read a file line by line,",
 )
 STRUCTURED = ("hfprune", "hfprune-groups", "hfprune-depth", "hfprune-layers", "torch-pruning")
-WEIGHTS = ("hfprune-wanda", "hfprune-wanda-onepass", "hfprune-sparsegpt", "hfprune-sparsegpt-onepass",
+WEIGHTS = ("hfprune-wanda", "hfprune-wanda-sequential", "hfprune-sparsegpt", "hfprune-sparsegpt-sequential",
            "llmcompressor-wanda", "llmcompressor-sparsegpt")
 PATTERNS = ("unstructured", "2:4")
 
@@ -156,7 +156,7 @@ def torch_pruning(model, batches, level: float) -> dict:
 
 def hfprune_weights(model, batches, variant: str, pattern: str) -> dict:
     criterion = variant.split("-")[1]
-    weights = {"criterion": criterion, "pattern": pattern, "sequential": not variant.endswith("-onepass")}
+    weights = {"criterion": criterion, "pattern": pattern, "sequential": variant.endswith("-sequential")}
     recipe = hfprune.Recipe(structures=["weights"], weights=weights,
                             num_samples=sum(len(b["input_ids"]) for b in batches))
     hfprune.prune(model, recipe, calibration=batches)
