@@ -137,6 +137,9 @@ class Recipe:
             raise RecipeError(f"structures must be a non-empty list of {STRUCTURES}; got {self.structures}")
         if "layers" in self.structures and "channels" in self.structures:
             raise RecipeError("structures: `layers` cannot be combined with `channels` yet")
+        if "layers" in self.structures and self.target.metric in ("heads", "neurons"):
+            raise RecipeError("structures: `layers` needs a fraction target (flops, params, nonembedding_params or "
+                              f"latency), not kept counts {self.target.to_dict()}")
         self._check_weights()
         if self.add_bias and not self.reconstruct:
             raise RecipeError("add_bias fits a bias in the weight reconstruction: set reconstruct: true as well")

@@ -359,6 +359,8 @@ def test_layers_heads_and_neurons_in_one_budget_drop_an_idle_layer_and_prune_the
     assert "depth search" in str(report)
     with pytest.raises(hfprune.RecipeError, match="`layers` cannot be combined with `channels`"):
         hfprune.Recipe(structures=["layers", "channels"])
+    with pytest.raises(hfprune.RecipeError, match="`layers` needs a fraction target"):
+        hfprune.Recipe(structures=["layers", "heads"], target={"heads": 4})
 
 
 def test_add_bias_fits_an_offset_that_reloads_with_plain_from_pretrained(tmp_path):
