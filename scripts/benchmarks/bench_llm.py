@@ -203,8 +203,8 @@ def run_worker(args) -> dict:
             result["saved"] = str(save_dir)
     model.eval()
     result["params"] = sum(p.numel() for p in model.parameters())
-    result["zeros"] = hfprune.weight_sparsity(model) and sum(hfprune.weight_sparsity(model).values()) / len(
-        hfprune.weight_sparsity(model))
+    sparsity = hfprune.weight_sparsity(model)
+    result["zeros"] = sum(sparsity.values()) / len(sparsity) if sparsity else None
     start = time.perf_counter()
     result["perplexity"] = perplexity(model, windows)
     result["eval_s"] = time.perf_counter() - start
