@@ -6,10 +6,20 @@ Every name a user or an extension needs is importable from here; the subpackages
 one-shot, `training` prunes while fine-tuning.
 """
 
-from .arch import Adapter, AttentionSpec, ConvSpec, FfnSpec, StackSpec, register_adapter, supported_model_types
+from .arch import (
+    Adapter,
+    AttentionSpec,
+    ConvSpec,
+    FfnSpec,
+    HiddenSpec,
+    StackSpec,
+    register_adapter,
+    supported_model_types,
+)
 from .calibration.audio import audio_batches
 from .calibration.data import load_dataset, text_batches
 from .checkpoint import from_pretrained, save_pretrained
+from .core.hidden import remove_hidden_channels
 from .core.masks import SoftMasks
 from .core.surgery import remove_channels, remove_heads, remove_layers, remove_neurons, sites
 from .cost.flops import ModelCount, SiteCount, count
@@ -52,6 +62,7 @@ __all__ = [
     "Distiller",
     "FfnSpec",
     "HfpruneError",
+    "HiddenSpec",
     "HubError",
     "ModelCount",
     "PruningCallback",
@@ -81,6 +92,7 @@ __all__ = [
     "register_weight_criterion",
     "remove_channels",
     "remove_heads",
+    "remove_hidden_channels",
     "remove_layers",
     "remove_neurons",
     "save_pretrained",

@@ -7,7 +7,7 @@ no `if` anywhere else. This layer imports nothing of hfprune but `hfprune.errors
 """
 
 from . import bert, distilbert, gpt2, llama, wav2vec2, wavlm, whisper  # noqa: F401  (registration side effects)
-from .base import STRUCTURE_OF_KIND, Adapter, AttentionSpec, ConvSpec, FfnSpec, StackSpec
+from .base import STRUCTURE_OF_KIND, Adapter, AttentionSpec, ConvSpec, FfnSpec, HiddenSpec, StackSpec
 from .registry import ADAPTERS, get_adapter, register_adapter, supported_model_types
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "AttentionSpec",
     "ConvSpec",
     "FfnSpec",
+    "HiddenSpec",
     "STRUCTURE_OF_KIND",
     "StackSpec",
     "get_adapter",

@@ -150,6 +150,52 @@ class ConvSpec:
 
 
 @dataclass(frozen=True)
+class HiddenSpec:
+    """Where a family's residual stream lives: the hidden size (`config.hidden_size`), one set of channels shared by
+    the whole model, which hidden-size pruning (Minitron's "embedding channels") narrows everywhere at once.
+
+    Inside each layer the stream's readers are the sites' q/k/v and FFN input projections, and its writers their
+    output projections (taken from `AttentionSpec`/`FfnSpec`, so they are not repeated here); this spec names what
+    lies outside them.
+
+    Args:
+        embeddings: paths, relative to the base model (`model.base_model`), of the embeddings whose columns are the
+            channels (token, position and token-type embeddings).
+        norms: paths, relative to the base model, of the norms over the hidden size outside the layers (BERT's
+            `embeddings.LayerNorm`, Llama's final `norm`).
+        layer_norms: paths, relative to a layer, of its norms over the hidden size.
+        heads: task-model class name -> paths, relative to that model, of the head projections whose inputs are the
+            stream (`lm_head`, a classifier reading hidden states). A class not listed is refused: its head could
+            read the stream in a way nobody described, and a model half pruned is worse than an error.
+        readers: paths, relative to the base model, of further projections reading the stream, sliced where the
+            model has them (BERT's `pooler.dense`; a model built with `add_pooling_layer=False` has none).
+        attributes: `{path relative to a layer: attribute}` pairs holding the hidden size (Llama's `mlp.hidden_size`;
+            `""` is the layer itself).
+        norm_kind: how the norms compute their statistics, for norm classes not known by type (`"rms"`: Llama's
+            RMSNorm, x * rsqrt(mean(x^2) + eps) * weight); None: known by type (`nn.LayerNorm`).
+        size_field: config field with the hidden size, written after pruning.
+        head_dim_field: config field written with the (unchanged) head size, so that the config no longer derives it
+            from the hidden size (Llama's `head_dim`): a uniformly pruned checkpoint then loads with plain
+            `from_pretrained`. None where the config cannot carry it (BERT derives its head size as
+            hidden_size / heads): such checkpoints reload through `hfprune.from_pretrained`.
+        multiple_of_field: config field the hidden size must be a multiple of, where transformers refuses the config
+            otherwise (a `LlamaConfig` with a hidden size that is no multiple of `num_attention_heads` can be neither
+            saved nor loaded, even with `head_dim` given).
+    """
+
+    embeddings: tuple[str, ...]
+    norms: tuple[str, ...]
+    layer_norms: tuple[str, ...]
+    heads: dict[str, tuple[str, ...]]
+    readers: tuple[str, ...] = ()
+    attributes: dict[str, str] = field(default_factory=dict)
+    norm_kind: str | None = None
+    size_field: str = "hidden_size"
+    head_dim_field: str | None = None
+    multiple_of_field: str | None = None
+
+
+@dataclass(frozen=True)
 class Adapter:
     """Describes one model family.
 
@@ -160,9 +206,11 @@ class Adapter:
             modules must be swapped for an equivalent, prunable implementation (WavLM's attention). It must be
             idempotent and keep parameter names, so checkpoints stay compatible.
         conv: the family's prunable convolution stack, if it has one (speech encoders).
+        hidden: where the family's residual stream lives, for hidden-size pruning; None where it is not described.
     """
 
     model_types: tuple[str, ...]
     stacks: tuple[StackSpec, ...]
     conv: ConvSpec | None = None
+    hidden: HiddenSpec | None = None
     prepare: Callable[[nn.Module], None] | None = None

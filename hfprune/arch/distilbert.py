@@ -1,7 +1,21 @@
 """DistilBERT: one attention module with q_lin/k_lin/v_lin/out_lin, FFN lin1/lin2."""
 
-from .base import Adapter, AttentionSpec, FfnSpec, StackSpec
+from .base import Adapter, AttentionSpec, FfnSpec, HiddenSpec, StackSpec
 from .registry import register_adapter
+
+HIDDEN = HiddenSpec(
+    embeddings=("embeddings.word_embeddings", "embeddings.position_embeddings"),
+    norms=("embeddings.LayerNorm",),
+    layer_norms=("sa_layer_norm", "output_layer_norm"),
+    heads={
+        "DistilBertModel": (),
+        "DistilBertForSequenceClassification": ("pre_classifier",),
+        "DistilBertForTokenClassification": ("classifier",),
+        "DistilBertForQuestionAnswering": ("qa_outputs",),
+    },
+    attributes={"attention": "dim"},
+    size_field="dim",
+)
 
 DISTILBERT = register_adapter(
     Adapter(
@@ -27,5 +41,6 @@ DISTILBERT = register_adapter(
                 ffn_field="hidden_dim",
             ),
         ),
+        hidden=HIDDEN,
     )
 )

@@ -17,7 +17,9 @@ import torch.nn as nn
 import transformers
 from accelerate import init_empty_weights
 
+from ..arch.registry import ADAPTERS
 from ..core import AttentionSite, ConvSite, find_stacks, prepared_adapter, resolve_conv_sites, resolve_sites
+from ..core.hidden import remove_hidden_channels, residual_stream
 from ..core.record import ensure_record
 from ..core.surgery import remove_channels, remove_heads, remove_layers, remove_neurons
 from ..errors import CheckpointError
@@ -66,7 +68,37 @@ def _read_pruning_config(directory: Path) -> dict | None:
     for name, entry in data["layers"].items():
         if not (isinstance(entry, dict) and isinstance(entry.get("num_layers"), int)):
             raise CheckpointError(f"{path}: layers.{name}.num_layers must be an integer")
+    if "hidden" in data:
+        _check_hidden(data["hidden"], path)
     return data
+
+
+def _check_hidden(entry, path: Path) -> None:
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{path}: field 'hidden' must be an object")
+    for key in ("num_channels", "num_dense_channels"):
+        value = entry.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CheckpointError(f"{path}: hidden.{key} must be a positive integer, got {value!r}")
+    if entry["num_channels"] > entry["num_dense_channels"]:
+        raise CheckpointError(f"{path}: hidden.num_channels exceeds hidden.num_dense_channels")
+    kept = entry.get("channels")
+    if kept is not None and not (
+        isinstance(kept, list) and len(kept) == entry["num_channels"] and all(isinstance(i, int) for i in kept)
+    ):
+        raise CheckpointError(f"{path}: hidden.channels must be a list of num_channels integers")
+
+
+def _dense_hidden(config, spec: dict | None, source: Path) -> None:
+    """Set `config`'s hidden size to the dense one a hidden-pruned checkpoint was cut from: the model is built at
+    that size and narrowed by `_reshape`, since families like BERT derive their head size from the hidden size and
+    cannot build the narrow stream from config.json."""
+    if spec is None or "hidden" not in spec:
+        return
+    adapter = ADAPTERS.get(config.model_type)
+    if adapter is None or adapter.hidden is None:
+        raise CheckpointError(f"{source}: records hidden-size pruning, which a {config.model_type!r} model cannot have")
+    setattr(config, adapter.hidden.size_field, spec["hidden"]["num_dense_channels"])
 
 
 def _reshape(model: nn.Module, spec: dict, source: Path) -> None:
@@ -98,6 +130,11 @@ def _reshape(model: nn.Module, spec: dict, source: Path) -> None:
     remove_heads(model, heads)
     remove_neurons(model, neurons)
     remove_channels(model, channels)
+    if "hidden" in spec:
+        wanted, built = spec["hidden"]["num_channels"], residual_stream(model).width
+        if wanted > built:
+            raise CheckpointError(f"{source}: hidden.num_channels is {wanted} but config.json builds {built}")
+        remove_hidden_channels(model, keep=range(wanted))  # which channels does not matter: the weights carry them
 
 
 def _trailing(source: Path, name: str, unit: str, entry: dict, built: int, minimum: int) -> range:
@@ -166,6 +203,9 @@ def _attach_record(model: nn.Module, spec: dict) -> None:
         for n, e in spec["sites"].items()
         if any(k.startswith("num_dense_") for k in e)
     }
+    if "hidden" in spec:
+        record.dense_hidden = spec["hidden"]["num_dense_channels"]
+        record.hidden = spec["hidden"].get("channels", list(range(spec["hidden"]["num_channels"])))
     record.recipe, record.report = spec.get("recipe"), spec.get("report")
 
 
@@ -238,6 +278,7 @@ def from_pretrained(
         model = _load_with_transformers(cls, directory)
         prepared_adapter(model)
     else:
+        _dense_hidden(config, spec, directory / PRUNING_CONFIG)
         model = _empty_model(cls, config)
         prepared_adapter(model)
         if spec is not None:

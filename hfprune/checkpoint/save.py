@@ -22,6 +22,7 @@ import torch.nn as nn
 from accelerate import init_empty_weights
 
 from ..core import AttentionSite, ConvSite, find_stacks, resolve_conv_sites, resolve_sites
+from ..core.hidden import residual_stream
 from ..core.record import PruningRecord, get_record, on_new_record
 from ..version import __version__
 
@@ -57,7 +58,7 @@ def pruning_config(model: nn.Module) -> dict:
         if len(record.layers.get(stack.spec.name, ())) == len(stack.layers):
             entry["kept"] = record.layers[stack.spec.name]
         layers[stack.spec.name] = entry
-    return {
+    config = {
         "format_version": FORMAT_VERSION,
         "hfprune_version": __version__,
         "model_type": model.config.model_type,
@@ -66,6 +67,19 @@ def pruning_config(model: nn.Module) -> dict:
         "recipe": record.recipe,
         "report": record.report,
     }
+    if record.dense_hidden is not None:
+        config["hidden"] = _hidden_entry(model, record)
+    return config
+
+
+def _hidden_entry(model: nn.Module, record: PruningRecord) -> dict:
+    """The hidden size now and before pruning (the loader builds the dense size and narrows it: families like BERT
+    cannot build a narrower stream from config.json), with the kept original channels where known."""
+    width = residual_stream(model).width
+    entry = {"num_channels": width, "num_dense_channels": record.dense_hidden}
+    if record.hidden is not None and len(record.hidden) == width:
+        entry["channels"] = record.hidden
+    return entry
 
 
 def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, **kwargs) -> None:

@@ -3,7 +3,9 @@ weights at zero during training.
 
 A head gate scales the head's slice of the input of the output projection; a neuron gate scales the input of
 the down projection; a channel gate scales the channel in the input of its consumer (the next conv, or the
-feature projection), and norms over channels that mix them take gate-weighted statistics (`norms.py`). Gating a
+feature projection), and norms over channels that mix them take gate-weighted statistics (`norms.py`). A hidden
+gate scales the residual stream's channels where they are written (embeddings, output projections, norms over
+the hidden size, which take gate-weighted statistics), so a gated channel stays zero all the way. Gating a
 structure to 0 is exactly what removing it computes, which is why the surgery tests compare a gated model with
 a pruned one, and why importance criteria can differentiate through gates.
 """
@@ -14,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .conv import resolve_conv_sites
+from .hidden import residual_stream
 from .norms import norm_layout
 from .sites import AttentionSite, resolve_sites
 
@@ -29,6 +32,8 @@ class SoftMasks:
         heads: gate attention heads.
         neurons: gate FFN neurons.
         channels: gate the output channels of conv sites (speech feature encoders); no-op for other families.
+        hidden: gate the channels of the residual stream (hidden-size pruning), one gate per channel shared by the
+            whole model.
         requires_grad: make the gates leaf tensors that collect gradients (for Taylor/Fisher scores).
         observer: optional `observer(kind, site_name, values)` called with what each gate sees: `("heads", name,
             context of shape (..., heads, head_dim))`, `("neurons", name, activations (..., neurons))` and
@@ -38,6 +43,7 @@ class SoftMasks:
         heads: site name -> gate tensor of shape `(num_heads,)`.
         neurons: site name -> gate tensor of shape `(num_neurons,)`.
         channels: conv site name -> gate tensor of shape `(num_channels,)`.
+        hidden: gate tensor of shape `(hidden_size,)`, or None without `hidden=True`.
 
     Example:
         ```python
@@ -55,6 +61,7 @@ class SoftMasks:
         requires_grad: bool = False,
         observer=None,
         channels: bool = False,
+        hidden: bool = False,
     ):
         self.model = model
         self.observer = observer
@@ -73,6 +80,10 @@ class SoftMasks:
         self._conv_sites = resolve_conv_sites(model) if channels else {}
         for name, site in self._conv_sites.items():
             self.channels[name] = torch.ones(site.num_channels, device=device, requires_grad=requires_grad)
+        self._stream = residual_stream(model) if hidden else None
+        self.hidden: torch.Tensor | None = None
+        if self._stream is not None:
+            self.hidden = torch.ones(self._stream.width, device=device, requires_grad=requires_grad)
 
     def _head_hook(self, name: str):
         def hook(module, args):
@@ -112,9 +123,26 @@ class SoftMasks:
 
         return hook
 
+    def _hidden_hook(self, module, args, output):
+        return output * self.hidden.to(output.dtype)
+
+    def _hidden_norm_hook(self, gated):
+        def hook(module, args, output):
+            # Statistics over the kept channels only, and the gated channels' outputs (a LayerNorm's bias) zeroed.
+            gate = self.hidden
+            return gated(module, args[0], gate) * gate.to(output.dtype)
+
+        return hook
+
     def attach(self) -> SoftMasks:
         if self._handles:
             return self
+        if self._stream is not None:
+            for module in self._stream.embeddings + self._stream.writers:
+                self._handles.append(module.register_forward_hook(self._hidden_hook))
+            for norm in self._stream.norms:
+                gated = norm_layout(norm, self._stream.spec.norm_kind).gated
+                self._handles.append(norm.register_forward_hook(self._hidden_norm_hook(gated)))
         for name in self.heads:
             self._handles.append(self._sites[name].o.register_forward_pre_hook(self._head_hook(name)))
         for name in self.neurons:
@@ -146,6 +174,10 @@ class SoftMasks:
         heads = {n: torch.nonzero(g == 0).flatten().tolist() for n, g in self.heads.items()}
         neurons = {n: torch.nonzero(g == 0).flatten().tolist() for n, g in self.neurons.items()}
         return heads, neurons
+
+    def zero_hidden(self) -> list[int]:
+        """The residual channels whose gate is exactly 0, as a removal request for `remove_hidden_channels`."""
+        return [] if self.hidden is None else torch.nonzero(self.hidden == 0).flatten().tolist()
 
     def zero_channels(self) -> dict[str, list[int]]:
         """The conv channels whose gate is exactly 0, as a removal request for `remove_channels`."""

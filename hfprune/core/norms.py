@@ -6,7 +6,11 @@ channel gated to zero still moves the statistics of the kept ones, and a zero ga
 pruned model computes. While gated, such a norm therefore takes gate-weighted statistics,
 mean = sum_c g_c x_c / sum_c g_c and var = sum_c g_c (x_c - mean)^2 / sum_c g_c: with every gate at 1 this is
 the stock LayerNorm, with gates in {0, 1} it is exactly the LayerNorm over the kept channels, and it stays
-differentiable in the gates, so gradient criteria see what removing a channel does to the statistics too.
+differentiable in the gates, so gradient criteria see what removing a channel does to the statistics too. An
+RMSNorm (Llama) likewise takes its mean square as sum_c g_c x_c^2 / sum_c g_c.
+
+Norm classes are known by type (`nn.LayerNorm`, `nn.GroupNorm`); families whose norm is a class of their own
+(`LlamaRMSNorm`, `Qwen2RMSNorm`, ...) name its kind in their description (`HiddenSpec.norm_kind`).
 """
 
 from __future__ import annotations
@@ -56,14 +60,43 @@ def gated_layer_norm(norm: nn.LayerNorm, hidden: torch.Tensor, gate: torch.Tenso
     return normed
 
 
+def _sync_nothing(norm: nn.Module, channels: int) -> None:
+    """Llama-style RMSNorms keep no shape attribute: the weight is the shape."""
+
+
+def gated_rms_norm(norm: nn.Module, hidden: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """Llama's RMSNorm (float32 statistics, `weight * normed.to(input dtype)`) with a gate-weighted mean square."""
+    dtype = hidden.dtype
+    hidden = hidden.float()
+    weights = gate.float()
+    mean_square = (hidden.pow(2) * weights).sum(-1, keepdim=True) / weights.sum().clamp_min(torch.finfo().tiny)
+    normed = hidden * torch.rsqrt(mean_square + norm.variance_epsilon)
+    return norm.weight * normed.to(dtype)
+
+
 NORMS: dict[type, NormLayout] = {
     nn.LayerNorm: NormLayout(sync=_sync_layer_norm, gated=gated_layer_norm),
     nn.GroupNorm: NormLayout(sync=_sync_group_norm, gated=None),
 }
 
+# Norms known by the kind a family's description names (`HiddenSpec.norm_kind`), for classes of their own.
+NORM_KINDS: dict[str, NormLayout] = {
+    "layer": NORMS[nn.LayerNorm],
+    "rms": NormLayout(sync=_sync_nothing, gated=gated_rms_norm),
+}
 
-def norm_layout(norm: nn.Module) -> NormLayout:
-    """The layout of a norm over channels; an error for norms whose channels cannot be pruned one by one."""
+
+def norm_layout(norm: nn.Module, kind: str | None = None) -> NormLayout:
+    """The layout of a norm over channels; an error for norms whose channels cannot be pruned one by one.
+
+    Args:
+        norm: the norm module.
+        kind: a key of `NORM_KINDS`, for norm classes that are not known by type; None looks the class up.
+    """
+    if kind is not None:
+        if kind not in NORM_KINDS:
+            raise TypeError(f"unknown norm kind {kind!r}; known: {', '.join(NORM_KINDS)}")
+        return NORM_KINDS[kind]
     layout = NORMS.get(type(norm))
     if layout is None:
         supported = ", ".join(cls.__name__ for cls in NORMS)
@@ -76,9 +109,10 @@ def norm_layout(norm: nn.Module) -> NormLayout:
 
 
 @torch.no_grad()
-def keep_norm_channels(norm: nn.Module, keep: torch.Tensor) -> None:
-    """Keep only channels `keep` of a norm over channels: its affine parameters and its shape attributes."""
-    layout = norm_layout(norm)
+def keep_norm_channels(norm: nn.Module, keep: torch.Tensor, kind: str | None = None) -> None:
+    """Keep only channels `keep` of a norm over channels: its affine parameters and its shape attributes (`kind`:
+    as in `norm_layout`)."""
+    layout = norm_layout(norm, kind)
     for name in ("weight", "bias"):
         if getattr(norm, name, None) is not None:
             keep_along(norm, name, 0, keep)

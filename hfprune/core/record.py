@@ -27,6 +27,8 @@ class PruningRecord:
         dense: site name -> {"heads" | "kv_heads" | "neurons" | "channels": size before the first surgery}, so
             reports can say "6 of 12" for a model pruned by surgery or during training, without its dense original
             at hand.
+        hidden: kept original residual channels (the hidden size), when hidden-size pruning ran; None otherwise.
+        dense_hidden: the hidden size before the first hidden-size pruning (None: never pruned).
         recipe: the recipe that produced the model, when there was one (written to pruning_config.json).
         report: a summary of the pruning report, when there was one.
     """
@@ -37,6 +39,8 @@ class PruningRecord:
     neurons: dict[str, list[int]] = field(default_factory=dict)
     channels: dict[str, list[int]] = field(default_factory=dict)
     dense: dict[str, dict[str, int]] = field(default_factory=dict)
+    hidden: list[int] | None = None
+    dense_hidden: int | None = None
     recipe: dict | None = None
     report: dict | None = None
 
@@ -47,6 +51,12 @@ class PruningRecord:
             self.dense.setdefault(site, {})[table] = current
         original = entries.get(site, list(range(current)))
         entries[site] = [original[i] for i in kept]
+
+    def keep_hidden(self, current: int, kept: list[int]) -> None:
+        """Record that residual channels `kept` (current indices) survive, of the `current` hidden size."""
+        if self.hidden is None:
+            self.hidden, self.dense_hidden = list(range(current)), current
+        self.hidden = [self.hidden[i] for i in kept]
 
     def keep_layers(self, stack: str, current: int, kept: list[int]) -> None:
         """Record that layers `kept` (current indices) of `stack` survive, and move site entries with them."""

@@ -1,0 +1,162 @@
+"""Hidden-size (residual-stream) pruning: gated == pruned, save/reload, bad requests, and `structures: [hidden]`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+from tiny_models import build, inputs
+
+import hfprune
+from hfprune.checkpoint import loads_without_hfprune
+from hfprune.core.hidden import residual_stream
+
+# Channels removed in the tests: 8 of 32, scattered, so that the kept hidden size (24) is a multiple of the heads.
+REMOVED = [1, 5, 6, 11, 20, 24, 30, 31]
+FAMILIES = ["llama", "qwen2", "bert", "roberta", "distilbert"]
+
+
+def _logits(model, batch):
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def _width(model) -> int:
+    return residual_stream(model).width
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gated_model_computes_what_the_pruned_model_computes(family):
+    model, batch = build(family), inputs(family)
+    dense = _logits(model, batch)
+    with hfprune.SoftMasks(model, heads=False, neurons=False, hidden=True) as masks:
+        masks.hidden[REMOVED] = 0.0
+        gated = _logits(model, batch)
+        assert masks.zero_hidden() == REMOVED
+    assert not torch.allclose(gated, dense, atol=1e-3)  # the gates did something
+    hfprune.remove_hidden_channels(model, REMOVED)
+    assert _width(model) == 32 - len(REMOVED)
+    assert torch.allclose(_logits(model, batch), gated, atol=1e-5)
+    # No hook is left behind by the masks.
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_llama_gqa_with_heads_removed_too():
+    model, batch = build("llama"), inputs("llama")  # 4 query heads over 2 KV heads
+    hfprune.remove_heads(model, {"decoder.0.attention": [1, 3]})
+    with hfprune.SoftMasks(model, heads=False, neurons=False, hidden=True) as masks:
+        masks.hidden[REMOVED] = 0.0
+        gated = _logits(model, batch)
+    hfprune.remove_hidden_channels(model, keep=[c for c in range(32) if c not in REMOVED])
+    assert torch.allclose(_logits(model, batch), gated, atol=1e-5)
+    assert model.config.hidden_size == 24 and model.config.head_dim == 8
+    assert model.model.layers[0].mlp.hidden_size == 24
+
+
+def test_tied_llama_stays_tied_and_loads_with_plain_from_pretrained(tmp_path):
+    model, batch = build("llama", tie_word_embeddings=True), inputs("llama")
+    hfprune.remove_hidden_channels(model, REMOVED)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    expected = _logits(model, batch)
+    model.save_pretrained(tmp_path)
+    assert loads_without_hfprune(model)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert plain.config.hidden_size == 24 and plain.lm_head.weight is plain.model.embed_tokens.weight
+    assert torch.allclose(_logits(plain, batch), expected, atol=1e-5)
+    assert json.loads((tmp_path / "config.json").read_text())["head_dim"] == 8
+    reloaded = hfprune.from_pretrained(tmp_path)
+    assert torch.allclose(_logits(reloaded, batch), expected, atol=1e-5)
+
+
+def test_llama_uniform_heads_and_hidden_load_with_plain_from_pretrained(tmp_path):
+    model, batch = build("llama"), inputs("llama")
+    hfprune.remove_heads(model, {"decoder.0.attention": [2, 3], "decoder.1.attention": [2, 3]})  # a KV group
+    hfprune.remove_neurons(model, {"decoder.0.ffn": [0, 1], "decoder.1.ffn": [2, 3]})
+    hfprune.remove_hidden_channels(model, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])  # 22 channels over 2 heads
+    expected = _logits(model, batch)
+    model.save_pretrained(tmp_path)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert torch.allclose(_logits(plain, batch), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_encoder_reloads_through_hfprune(family, tmp_path):
+    model, batch = build(family), inputs(family)
+    hfprune.remove_heads(model, {"encoder.0.attention": [2]})
+    hfprune.remove_hidden_channels(model, REMOVED[:5])  # 27: BERT's config could not even build its heads from it
+    expected = _logits(model, batch)
+    model.save_pretrained(tmp_path)
+    spec = json.loads((tmp_path / "pruning_config.json").read_text())["hidden"]
+    assert spec["num_channels"] == 27 and spec["num_dense_channels"] == 32
+    assert spec["channels"] == [c for c in range(32) if c not in REMOVED[:5]]
+    reloaded = hfprune.from_pretrained(tmp_path)
+    assert _width(reloaded) == 27
+    assert torch.allclose(_logits(reloaded, batch), expected, atol=1e-5)
+    # Saving the reloaded model again keeps the record.
+    reloaded.save_pretrained(tmp_path / "again")
+    again = json.loads((tmp_path / "again" / "pruning_config.json").read_text())["hidden"]
+    assert again == spec
+
+
+def test_repeated_pruning_records_original_indices(tmp_path):
+    model = build("bert")
+    hfprune.remove_hidden_channels(model, [0, 1])
+    hfprune.remove_hidden_channels(model, [0])  # original channel 2
+    model.save_pretrained(tmp_path)
+    spec = json.loads((tmp_path / "pruning_config.json").read_text())["hidden"]
+    assert spec["channels"] == list(range(3, 32)) and spec["num_dense_channels"] == 32
+
+
+def test_malformed_hidden_entry_is_refused(tmp_path):
+    model = build("bert")
+    hfprune.remove_hidden_channels(model, [0, 1])
+    model.save_pretrained(tmp_path)
+    path = tmp_path / "pruning_config.json"
+    data = json.loads(path.read_text())
+    data["hidden"]["num_channels"] = "thirty"
+    path.write_text(json.dumps(data))
+    with pytest.raises(hfprune.CheckpointError, match="hidden.num_channels"):
+        hfprune.from_pretrained(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ bad requests
+
+
+def test_unsupported_family_names_the_supported_ones():
+    with pytest.raises(hfprune.PruningSpecError, match="families that support it: .*bert.*llama"):
+        hfprune.remove_hidden_channels(build("gpt2"), [0])
+
+
+def test_undescribed_task_head_is_refused():
+    model = transformers.BertForMaskedLM(transformers.BertConfig(**build("bert").config.to_dict()))
+    with pytest.raises(hfprune.PruningSpecError, match="BertForMaskedLM is not described"):
+        hfprune.remove_hidden_channels(model, [0])
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        ({"channels": [32]}, "out of range"),
+        ({"channels": [-1]}, "out of range"),
+        ({"channels": [3, 3]}, "duplicates"),
+        ({"keep": []}, "at least one channel"),
+        ({"channels": list(range(32))}, "at least one channel"),
+        ({"channels": [0], "keep": [1]}, "not both"),
+    ],
+)
+def test_bad_requests_leave_the_model_untouched(request_, message):
+    model = build("bert")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(hfprune.PruningSpecError, match=message):
+        hfprune.remove_hidden_channels(model, **request_)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_llama_hidden_size_must_stay_a_multiple_of_the_heads():
+    model = build("llama")
+    with pytest.raises(hfprune.PruningSpecError, match="multiple of num_attention_heads"):
+        hfprune.remove_hidden_channels(model, [0])
+    assert _width(model) == 32
