@@ -23,7 +23,7 @@ from .registry import CRITERIA
 from .settings import DistillSettings, ScheduleSettings, Target, WeightSettings
 from .settings import help_field as _help
 
-STRUCTURES = ("heads", "neurons", "channels", "layers", "weights")
+STRUCTURES = ("heads", "neurons", "channels", "layers", "hidden", "weights")
 # The nested settings: recipe field -> its typed class (read from, and written back as, mappings).
 _SETTINGS = {"target": Target, "weights": WeightSettings, "distill": DistillSettings, "schedule": ScheduleSettings}
 
@@ -41,8 +41,12 @@ class Recipe:
         default_factory=lambda: Target(flops=0.6),
     )
     structures: list = _help(
-        "What may be removed: any of heads, neurons, channels, layers, weights. `channels` are the output channels "
-        "of a speech model's conv feature encoder (wav2vec2, HuBERT, WavLM; DPHuBERT). `layers` removes whole "
+        "What may be removed: any of heads, neurons, channels, layers, hidden, weights. `channels` are the output "
+        "channels of a speech model's conv feature encoder (wav2vec2, HuBERT, WavLM; DPHuBERT). `hidden` narrows the "
+        "residual stream (the hidden size, uniform across layers) as NVIDIA Minitron does for width: channels are "
+        "scored by the mean magnitude of every hidden-size norm's outputs on the calibration data, and the largest "
+        "hidden size (a multiple of `round_hidden`) that meets a flops, params or nonembedding_params target is "
+        "kept; alone for now (with `weights` after it). `layers` removes whole "
         "layers by block importance (ShortGPT); with heads/neurons, the number of layers removed is chosen with "
         "them in one budget (the depth whose plan stays closest to the dense model). `weights` sets single "
         "weights to zero (see `weights`) after any structure was removed; `target` and `criterion` do not apply to it.",
@@ -74,6 +78,11 @@ class Recipe:
         "Each conv layer keeps at least this many output channels (>= 1: a conv layer cannot lose them all).", 8
     )
     round_channels: int = _help("Kept conv widths are rounded to a multiple of this (fast convs); 1 = none.", 8)
+    round_hidden: int = _help(
+        "With structures `hidden`: the kept hidden size is a multiple of this (fast matmuls; Llama-family configs "
+        "also need a multiple of num_attention_heads, which is added to it); 1 = none.",
+        64,
+    )
     gqa: str = _help(
         "For GQA attention: `heads` removes the same number of query heads from every KV group; `groups` "
         "removes whole KV groups.",
@@ -140,13 +149,15 @@ class Recipe:
         if "layers" in self.structures and self.target.metric in ("heads", "neurons"):
             raise RecipeError("structures: `layers` needs a fraction target (flops, params, nonembedding_params or "
                               f"latency), not kept counts {self.target.to_dict()}")
+        self._check_hidden()
         self._check_weights()
         if self.add_bias and not self.reconstruct:
             raise RecipeError("add_bias fits a bias in the weight reconstruction: set reconstruct: true as well")
         CRITERIA.check(self.criterion, also=("movement",))
         if self.gqa not in ("heads", "groups"):
             raise RecipeError(f"gqa must be 'heads' or 'groups', got {self.gqa!r}")
-        for name in ("num_samples", "round_neurons", "round_channels", "min_channels", "latency_batch_size"):
+        for name in ("num_samples", "round_neurons", "round_channels", "round_hidden", "min_channels",
+                     "latency_batch_size"):
             if getattr(self, name) < 1:
                 why = "; a conv layer with no channels would cut the model in two" if name == "min_channels" else ""
                 raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}{why}")
@@ -156,6 +167,17 @@ class Recipe:
         for name in ("seq_len", "encoder_seq_len"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def _check_hidden(self) -> None:
+        if "hidden" not in self.structures:
+            return
+        others = [s for s in self.structures if s not in ("hidden", "weights")]
+        if others:
+            raise RecipeError(f"structures: `hidden` cannot be combined with {others} yet; prune the hidden size alone "
+                              "(weights may follow)")
+        if self.target.metric not in ("flops", "params", "nonembedding_params"):
+            raise RecipeError("structures: `hidden` needs a flops, params or nonembedding_params fraction target, not "
+                              f"{self.target.to_dict()}")
 
     def _check_weights(self) -> None:
         if "weights" not in self.structures:

@@ -160,3 +160,94 @@ def test_llama_hidden_size_must_stay_a_multiple_of_the_heads():
     with pytest.raises(hfprune.PruningSpecError, match="multiple of num_attention_heads"):
         hfprune.remove_hidden_channels(model, [0])
     assert _width(model) == 32
+
+
+# -------------------------------------------------------------------------------------------- structures: [hidden]
+
+
+def _batches(family: str, count: int = 2) -> list[dict]:
+    return [inputs(family, seed=seed) for seed in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("family", "target"),
+    [("llama", {"params": 0.8}), ("llama", {"nonembedding_params": 0.7}), ("bert", {"flops": 0.75}),
+     ("distilbert", {"params": 0.9})],
+)
+def test_prune_meets_the_target_with_the_widest_hidden_size(family, target):
+    model = build(family)
+    recipe = hfprune.Recipe(target=target, structures=["hidden"], round_hidden=4)
+    report = hfprune.prune(model, recipe, calibration=_batches(family))
+    metric, fraction = next(iter(target.items()))
+    kept = report.after.total(metric) / report.before.total(metric)
+    width = _width(model)
+    assert kept <= fraction and width % 4 == 0 and report.hidden == [32, width]
+    # The next multiple of round_hidden would have missed the target: the widest size that fits was chosen.
+    from hfprune.cost.hidden import hidden_cost
+
+    dense = build(family)
+    cost = hidden_cost(dense, hfprune.count(dense, seq_len=report.before.seq_len))
+    assert cost.total(metric, width + 4) > fraction * cost.counts.total(metric)
+    assert f"{'hidden size':<12}" in str(report) and report.summary()["hidden_size"] == [32, width]
+    assert torch.isfinite(_logits(model, inputs(family))).all()
+
+
+def test_prune_keeps_the_channels_of_highest_norm_activation():
+    from hfprune.structured.hidden import hidden_scores
+
+    model, batches = build("bert"), _batches("bert")
+    scores = hidden_scores(model, batches)
+    assert scores.shape == (32,) and (scores > 0).all()
+    assert all(not m._forward_hooks for m in model.modules())
+    hfprune.prune(model, hfprune.Recipe(target={"params": 0.85}, structures=["hidden"], round_hidden=8),
+                  calibration=batches)
+    expected = sorted(torch.argsort(-scores, stable=True)[: _width(model)].tolist())
+    assert model._hfprune_record.hidden == expected
+
+
+def test_pruned_llama_from_a_recipe_loads_with_plain_from_pretrained(tmp_path):
+    model, batch = build("llama", tie_word_embeddings=True), inputs("llama")
+    hfprune.prune(model, {"target": {"params": 0.8}, "structures": ["hidden"], "round_hidden": 8},
+                  calibration=_batches("llama"))
+    expected = _logits(model, batch)
+    model.save_pretrained(tmp_path)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert torch.allclose(_logits(plain, batch), expected, atol=1e-5)
+    assert json.loads((tmp_path / "pruning_config.json").read_text())["recipe"]["structures"] == ["hidden"]
+
+
+def test_impossible_budget_is_refused_before_anything_changes():
+    model = build("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(hfprune.RecipeError, match="cannot be met by hidden-size pruning"):
+        hfprune.prune(model, hfprune.Recipe(target={"params": 0.1}, structures=["hidden"], round_hidden=8),
+                      calibration=_batches("llama"))
+    with pytest.raises(hfprune.RecipeError, match="narrowest hidden size allowed \\(64"):
+        hfprune.prune(model, hfprune.Recipe(target={"params": 0.9}, structures=["hidden"]),  # default 64 > 32
+                      calibration=_batches("llama"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"structures": ["hidden", "heads"]}, "cannot be combined"),
+        ({"structures": ["hidden"], "target": {"latency": 0.5}}, "fraction target"),
+        ({"structures": ["hidden"], "target": {"heads": 4}}, "fraction target"),
+        ({"structures": ["hidden"], "round_hidden": 0}, "round_hidden must be >= 1"),
+    ],
+)
+def test_bad_hidden_recipes(fields, message):
+    with pytest.raises(hfprune.RecipeError, match=message):
+        hfprune.Recipe(**{"target": {"params": 0.8}, **fields})
+
+
+def test_hidden_needs_calibration_data():
+    with pytest.raises(hfprune.CalibrationError):
+        hfprune.prune(build("bert"), hfprune.Recipe(target={"params": 0.8}, structures=["hidden"], round_hidden=8))
+
+
+def test_unsupported_family_in_a_recipe():
+    with pytest.raises(hfprune.PruningSpecError, match="families that support it"):
+        hfprune.prune(build("gpt2"), hfprune.Recipe(target={"params": 0.8}, structures=["hidden"], round_hidden=8),
+                      calibration=_batches("gpt2"))

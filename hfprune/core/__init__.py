@@ -4,6 +4,7 @@
 `linear` holds the one slicing primitive (a Linear / Conv1D / Conv1d cut along a dim, grads, dtype and device
 kept), `norms` and `modules` the norms that follow channels and the stand-ins for emptied blocks; `surgery`
 removes heads, neurons, channels and layers and keeps `record` (plain data: the original indices that survive);
+`hidden` resolves the residual stream and narrows the hidden size of the whole model;
 `masks` gates units softly, so that a masked model and the physically pruned one can be compared.
 """
 

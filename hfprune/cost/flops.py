@@ -46,6 +46,8 @@ class SiteCount:
         fixed_params: what stays however many units go (the output bias).
         seconds_per_unit, seconds_per_kv_unit: measured latency of one unit, filled in only for a latency
             budget (`hfprune.latency.LatencyProfile.costed`); 0 otherwise.
+        flops_per_hidden: what one channel of the residual stream costs here (the projections reading and writing
+            it scale with the hidden size; attention's score and context matmuls do not), for hidden-size budgets.
     """
 
     name: str
@@ -59,6 +61,7 @@ class SiteCount:
     fixed_params: int
     seconds_per_unit: float = 0.0
     seconds_per_kv_unit: float = 0.0
+    flops_per_hidden: int = 0
 
     @property
     def params(self) -> int:
@@ -151,9 +154,11 @@ def _attention_count(site: AttentionSite, query_len: int, key_len: int) -> SiteC
     flops_per_head = 2 * query_len * hidden * d + 4 * query_len * key_len * d + 2 * query_len * d * out_dim
     flops_per_kv = 2 * 2 * key_len * hidden * d
     fixed = out_dim * _bias(o)
+    # q and o: 2 * query_len * head_dim per head each; k and v: 2 * key_len * head_dim per KV head each.
+    per_hidden = 4 * query_len * d * site.num_heads + 4 * key_len * d * site.num_kv_heads
     return SiteCount(
         site.name, site.kind, site.num_heads, site.num_kv_heads, params_per_head, flops_per_head,
-        params_per_kv, flops_per_kv, fixed,
+        params_per_kv, flops_per_kv, fixed, flops_per_hidden=per_hidden,
     )
 
 
@@ -163,8 +168,9 @@ def _ffn_count(site, seq_len: int) -> SiteCount:
     out_dim = out_features(output)
     params_per_neuron = sum(hidden + _bias(m) for m in inputs) + out_dim
     flops_per_neuron = 2 * seq_len * hidden * len(inputs) + 2 * seq_len * out_dim
+    per_hidden = site.num_neurons * 2 * seq_len * (len(inputs) + 1)
     return SiteCount(site.name, "ffn", site.num_neurons, 0, params_per_neuron, flops_per_neuron, 0, 0,
-                     out_dim * _bias(output))
+                     out_dim * _bias(output), flops_per_hidden=per_hidden)
 
 
 def conv_frames(sites: list[ConvSite], frames: int) -> list[int]:

@@ -28,6 +28,7 @@ class PruningReport:
         latency: measured seconds of a forward pass [before, after], with a `latency` target (random inputs
             at the budget's lengths and `recipe.latency_batch_size`).
         depth_search: with layers and units in one budget, layers removed -> KL of that plan to the dense model.
+        hidden: hidden size [before, after], when the residual stream was narrowed (structures `hidden`).
     """
 
     recipe: object
@@ -41,6 +42,7 @@ class PruningReport:
     weight_sizes: dict[str, int] = field(default_factory=dict)
     latency: list[float] | None = None
     depth_search: dict[int, float] = field(default_factory=dict)
+    hidden: list[int] | None = None
 
     @contextmanager
     def phase(self, name: str):
@@ -81,6 +83,7 @@ class PruningReport:
             "weight_sparsity_overall": self.overall_weight_sparsity,
             **({"latency_s": self.latency} if self.latency else {}),
             **({"depth_search": self.depth_search} if self.depth_search else {}),
+            **({"hidden_size": self.hidden} if self.hidden else {}),
         }
 
     @property
@@ -125,6 +128,9 @@ class PruningReport:
             batch = getattr(self.recipe, "latency_batch_size", 1)
             lines.append(f"{'latency ms':<12}{before * 1e3:>16.4g}{after * 1e3:>16.4g}{after / before:>8.1%}"
                          f"   (measured, batch {batch}, random inputs)")
+        if self.hidden:
+            before, after = self.hidden
+            lines.append(f"{'hidden size':<12}{before:>16,}{after:>16,}{after / before:>8.1%}")
         if not weights_only:
             lines += ["", f"{'site':<28}{'kept':>14}"]
             for name, (before, after) in self.kept_per_site().items():

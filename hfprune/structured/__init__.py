@@ -1,3 +1,3 @@
 """Structured pruning: importance criteria for heads, neurons and channels (registered by name), the budget search
-that picks which units stay, refinement of what was picked (mask rearrangement, mask tuning, reconstruction), and
-`prune()`, the one-shot driver that ties them to surgery."""
+that picks which units stay, refinement of what was picked (mask rearrangement, mask tuning, reconstruction),
+hidden-size (residual-stream) pruning, and `prune()`, the one-shot driver that ties them to surgery."""

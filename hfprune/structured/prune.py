@@ -5,6 +5,7 @@ The driver: checks the recipe and calibration data, then scores every head and n
 (`search.py`; a latency target priced by `latency_budget.py`), optionally rearranges and tunes the masks (Kwon et
 al. 2022, `refine.py`), then shrinks the model in place and reports. `structures: [layers]` drops whole layers
 instead (`layers.py`); with heads/neurons too, the number of layers dropped is searched with them (`depth.py`).
+`structures: [hidden]` narrows the residual stream, the hidden size of the whole model (`hidden.py`, Minitron).
 With `structures: [..., weights]` the weights left after shrinking are then sparsified (`hfprune.sparsity`).
 """
 
@@ -34,6 +35,7 @@ from ..sparsity.targets import check_widths, weight_targets
 from .agreement import agreement, reference_outputs
 from .criteria import NEEDS_DATA, compute_scores
 from .depth import choose_depth, layer_of
+from .hidden import prune_hidden
 from .latency_budget import latency_costed
 from .layers import prune_layers
 from .rearrange import rearrange
@@ -98,7 +100,9 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
     if structured and recipe.add_bias:
         bias_sites(model)  # refused before anything runs when the config cannot carry the biases
     needed_by = None
-    if "layers" in structured:
+    if "hidden" in structured:
+        needed_by = "hidden-size pruning (norm activation scores)"
+    elif "layers" in structured:
         needed_by = "layer pruning (block importance)"
     elif structured and recipe.criterion in NEEDS_DATA:
         needed_by = f"criterion {recipe.criterion!r}"
@@ -120,7 +124,9 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
     was_training = model.training
     model.eval()
     try:
-        if structured == ["layers"]:
+        if structured == ["hidden"]:
+            prune_hidden(model, recipe, batches, before, report)
+        elif structured == ["layers"]:
             prune_layers(model, recipe, batches, before, report)
         elif structured:
             _prune_units(model, recipe, batches, before, report)

@@ -79,7 +79,7 @@ class StructuredPruning(PruningStrategy):
             raise RecipeError(
                 f"criterion {recipe.criterion!r} is not available during training yet; use one of {TRAINING_CRITERIA}"
             )
-        for one_shot in ("layers", "channels"):
+        for one_shot in ("layers", "channels", "hidden"):
             if one_shot in recipe.structures:
                 raise RecipeError(
                     f"PruningCallback prunes heads and neurons; structures: [{one_shot}] is one-shot only "
