@@ -251,3 +251,17 @@ def test_unsupported_family_in_a_recipe():
     with pytest.raises(hfprune.PruningSpecError, match="families that support it"):
         hfprune.prune(build("gpt2"), hfprune.Recipe(target={"params": 0.8}, structures=["hidden"], round_hidden=8),
                       calibration=_batches("gpt2"))
+
+
+def test_summary_shows_the_hidden_size_and_knows_no_dense_count_without_a_report():
+    from hfprune.publish.summary import summarize
+
+    model = build("bert")
+    report = hfprune.prune(model, hfprune.Recipe(target={"params": 0.8}, structures=["hidden"], round_hidden=8),
+                           calibration=_batches("bert"))
+    assert str(report).startswith("hfprune: norm activations")
+    assert ("hidden size", 32, 24) in summarize(model, report).size_rows()
+    surgery_only = build("bert")
+    hfprune.remove_hidden_channels(surgery_only, keep=range(16))
+    # Adding back what removed heads/neurons cost is no longer exact once every unit got cheaper.
+    assert summarize(surgery_only).params[0] is None

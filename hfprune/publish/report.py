@@ -110,6 +110,8 @@ class PruningReport:
         structures = getattr(self.recipe, "structures", None) or ["?"]
         weights_only = structures == ["weights"]
         criterion = getattr(self.recipe, "criterion", "?")
+        if "hidden" in structures:  # residual channels are scored by norm activations whatever the criterion says
+            criterion = "norm activations"
         heading = f"{criterion} on {self.num_samples} samples, target {getattr(self.recipe, 'target', '?')}"
         conv = any(site.kind == "conv" for site in self.before.sites.values())
         lines = [

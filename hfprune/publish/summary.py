@@ -43,6 +43,7 @@ class PruningSummary:
         model_class: the transformers class name.
         lengths: the lengths FLOPs are counted at, in words (`ModelCount.lengths`: "41 tokens", "49 frames",
             "1500 encoder frames, 20 decoder tokens").
+        hidden: `(before, after)` hidden size, when the residual stream was narrowed; None otherwise.
     """
 
     params: tuple[int | None, int]
@@ -56,6 +57,7 @@ class PruningSummary:
     base_model: str | None = None
     metrics: dict[str, dict] = field(default_factory=dict)
     lengths: str | None = None
+    hidden: tuple[int, int] | None = None
 
     def size_rows(self) -> list[tuple[str, object, object]]:
         """`(label, dense, pruned)` rows: params, GFLOPs, then every measured metric."""
@@ -66,6 +68,8 @@ class PruningSummary:
              f"{self.lengths or f'{self.seq_len} tokens'})",
              None if flops_before is None else flops_before / 1e9, flops_after / 1e9),
         ]
+        if self.hidden:
+            rows.append(("hidden size", *self.hidden))
         before, after = self.metrics.get("before", {}), self.metrics.get("after", {})
         return rows + [(name, before.get(name), after.get(name)) for name in dict.fromkeys([*before, *after])]
 
@@ -117,7 +121,8 @@ def _from_record(after: ModelCount, record: PruningRecord) -> tuple[dict[str, in
     cost (`flops.count` is exact per unit); that is impossible once a layer or a whole attention block is gone.
     """
     units: dict[str, int | None] = {}
-    params, flops, exact = after.params, after.flops, not record.layers
+    # A narrowed hidden size changed what every unit costs: the per-unit sum no longer reaches the dense model.
+    params, flops, exact = after.params, after.flops, not record.layers and record.dense_hidden is None
     for name, site in after.sites.items():
         table = STRUCTURE_OF_KIND[site.kind]
         known = record.dense.get(name, {})
@@ -212,6 +217,7 @@ def summarize(
         base_model=base_model or _base_model(model),
         metrics=metrics or {},
         lengths=after.lengths,
+        hidden=(record.dense_hidden, len(record.hidden)) if record.dense_hidden and record.hidden else None,
     )
 
 
