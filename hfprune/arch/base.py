@@ -181,6 +181,8 @@ class HiddenSpec:
         multiple_of_field: config field the hidden size must be a multiple of, where transformers refuses the config
             otherwise (a `LlamaConfig` with a hidden size that is no multiple of `num_attention_heads` can be neither
             saved nor loaded, even with `head_dim` given).
+        model_types: the adapter's model types this description holds for (empty: all of them); ELECTRA shares
+            BERT's adapter but not its embeddings.
     """
 
     embeddings: tuple[str, ...]
@@ -193,6 +195,7 @@ class HiddenSpec:
     size_field: str = "hidden_size"
     head_dim_field: str | None = None
     multiple_of_field: str | None = None
+    model_types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

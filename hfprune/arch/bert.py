@@ -24,8 +24,9 @@ HIDDEN = HiddenSpec(
         **{f"Bert{suffix}": paths for suffix, paths in _BERT_HEADS.items()},
         **{f"{family}{suffix}": paths
            for family in ("Roberta", "XLMRoberta") for suffix, paths in _ROBERTA_HEADS.items()},
-    },  # ELECTRA is left out: its embeddings may be narrower than the stream (`embeddings_project`)
+    },
     readers=("pooler.dense",),
+    model_types=("bert", "roberta", "xlm-roberta"),  # not ELECTRA: its embeddings may be narrower than the stream
 )
 
 

@@ -77,9 +77,13 @@ class ResidualStream:
         return list(found.values())
 
 
+def _describes(spec: HiddenSpec | None, model_type: str) -> bool:
+    return spec is not None and (not spec.model_types or model_type in spec.model_types)
+
+
 def supported_hidden_families() -> list[str]:
     """The `model_type`s whose adapter describes the residual stream."""
-    return sorted(t for t, adapter in ADAPTERS.items() if adapter.hidden is not None)
+    return sorted(t for t, adapter in ADAPTERS.items() if _describes(adapter.hidden, t))
 
 
 def _get(root: nn.Module, path: str, what: str) -> nn.Module:
@@ -105,7 +109,7 @@ def residual_stream(model: nn.Module) -> ResidualStream:
     adapter = prepared_adapter(model)
     spec = adapter.hidden
     model_type = model.config.model_type
-    if spec is None:
+    if not _describes(spec, model_type):
         raise PruningSpecError(
             f"hidden-size pruning is not described for model_type {model_type!r}; families that support it: "
             f"{', '.join(supported_hidden_families())}"
@@ -114,7 +118,7 @@ def residual_stream(model: nn.Module) -> ResidualStream:
     if head_paths is None:
         raise PruningSpecError(
             f"hidden-size pruning of a {type(model).__name__} is not described (its head may read the hidden "
-            f"states); {model_type!r} models it supports: {', '.join(sorted(spec.heads))}"
+            f"states); classes it is described for: {', '.join(sorted(spec.heads))}"
         )
     base = getattr(model, "base_model", model)
     embeddings = [_get(base, path, "embedding") for path in spec.embeddings]
