@@ -267,3 +267,16 @@ def test_summary_shows_the_hidden_size_and_knows_no_dense_count_without_a_report
     hfprune.remove_hidden_channels(surgery_only, keep=range(16))
     # Adding back what removed heads/neurons cost is no longer exact once every unit got cheaper.
     assert summarize(surgery_only).params[0] is None
+
+
+@pytest.mark.parametrize(("family", "stack"), [("llama", "decoder"), ("bert", "encoder")])
+def test_emptied_blocks_follow_the_hidden_size(family, stack):
+    """An attention block that lost every head is a bias-only stand-in; an FFN with no neurons is zero wide."""
+    model, batch = build(family), inputs(family)
+    hfprune.remove_heads(model, {f"{stack}.0.attention": [0, 1, 2, 3]})
+    hfprune.remove_neurons(model, {f"{stack}.0.ffn": list(range(37))})
+    with hfprune.SoftMasks(model, heads=False, neurons=False, hidden=True) as masks:
+        masks.hidden[REMOVED] = 0.0
+        gated = _logits(model, batch)
+    hfprune.remove_hidden_channels(model, REMOVED)
+    assert torch.allclose(_logits(model, batch), gated, atol=1e-5)
