@@ -3,6 +3,7 @@ per-layer shapes of a pruned Llama. The real run is `python -m scripts.benchmark
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from tiny_models import build
 
 import hfprune
-from scripts.benchmarks import bench_llm, python_docs
+from scripts.benchmarks import bench_llm, llm_recovery, python_docs
 from scripts.tools.convert_gguf import GGUFConversionError, convert_gguf
 
 
@@ -86,3 +87,38 @@ def test_unknown_method_is_refused():
     args = bench_llm.argparse.Namespace(methods="hfprune,nope", levels="0.8", patterns="unstructured")
     with pytest.raises(SystemExit, match="unknown method"):
         bench_llm.jobs(args)
+
+
+def test_reload_check_uses_the_plain_loader_only_for_uniform_shapes():
+    assert bench_llm.uniform({"heads": [6, 6], "kv_heads": [2, 2], "ffn": [64, 64]})
+    assert not bench_llm.uniform({"heads": [6, 3], "kv_heads": [2, 1], "ffn": [64, 64]})
+    assert not bench_llm.uniform({"heads": [0, 0], "kv_heads": [0, 0], "ffn": [64, 64]})  # emptied attention
+
+
+def test_recovery_distils_a_pruned_llama_and_stops_at_its_time_limit():
+    teacher = build("llama", num_hidden_layers=2, vocab_size=64)
+    student = copy.deepcopy(teacher)
+    hfprune.remove_neurons(student, {"decoder.0.ffn": list(range(8))})
+    before = [p.detach().clone() for p in student.parameters()]
+    windows = torch.randint(0, 64, (8, 16))
+    result = llm_recovery.distil_pruned(student, teacher, windows, llm_recovery.RecoverySettings(
+        steps=3, batch_size=2, log_every=1))
+    assert result["steps"] == 3 and len(result["losses"]) == 3 and all(math.isfinite(v) for v in result["losses"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters(), strict=True))
+    assert not student.training and not student._forward_hooks and not student._forward_pre_hooks  # detached
+    stopped = llm_recovery.train(student, windows, llm_recovery.RecoverySettings(steps=50, batch_size=2,
+                                                                                max_seconds=0))
+    assert stopped["steps"] == 1  # the limit is checked after every step
+
+
+def test_gradual_recovery_meets_its_nonembedding_target():
+    model = build("llama", num_hidden_layers=2, vocab_size=64)
+    dense = hfprune.count(model).nonembedding_params
+    recipe = hfprune.Recipe.load(bench_llm.GRADUAL_RECIPE)
+    recipe.target = {"nonembedding_params": 0.7}
+    recipe.round_neurons = 1
+    recipe.schedule = {"type": "cubic", "start": 0.0, "end": 0.5, "every": 1}
+    result = llm_recovery.gradual(model, recipe, torch.randint(0, 64, (8, 16)),
+                                  llm_recovery.RecoverySettings(steps=4, batch_size=2, log_every=1), seq_len=16)
+    assert result["steps"] == 4
+    assert hfprune.count(model).nonembedding_params <= 0.7 * dense * 1.02

@@ -11,7 +11,8 @@ Every method runs in a fresh process (`--worker`), so its wall time and peak mem
 it loads the dense model, draws the calibration windows (seed 0), prunes, evaluates, prints greedy
 continuations of a few prompts and saves the pruned model. Then one process loads the dense model and every
 structured result from disk (plain `AutoModelForCausalLM` when the shapes are uniform, else
-`hfprune.from_pretrained`) and times them side by side (`hfprune.measure_latency`, batch 1): a prefill of 512
+`hfprune.from_pretrained`), checks that it generates the same greedy tokens as before it was saved, and times
+them side by side (`hfprune.measure_latency`, batch 1): a prefill of 512
 tokens, and `generate()` of 64 new tokens after a 64-token prompt.
 
 Methods (`--methods`, comma-separated names, default all):
@@ -21,13 +22,18 @@ Methods (`--methods`, comma-separated names, default all):
   `hfprune-depth` (layers, heads and neurons in one budget), `hfprune-layers` (layer removal alone, by block
   influence: ShortGPT), `torch-pruning` (Torch-Pruning's LLM example:
   uniform per layer, magnitude);
+- structured, after recovery training (`scripts/benchmarks/llm_recovery.py`: a plain `Trainer`, windows of the
+  training part, `--recovery-steps` steps of 4 windows, at most `--recovery-minutes`): `hfprune-distill` (the
+  one-shot `hfprune` model trained with the dense model as teacher, `hfprune.Distiller`), `hfprune-gradual`
+  (`hfprune.PruningCallback` with recipes/llama-gradual-fisher.yaml: pruned while training, distilled from the
+  dense model);
 - weights, 50 % unstructured and 2:4: `hfprune-wanda`, `hfprune-sparsegpt` (the defaults: a whole layer
   observed in one pass, as llm-compressor does), `hfprune-wanda-sequential`, `hfprune-sparsegpt-sequential`
   (`weights.sequential: true`: each group of linears after the ones before it are pruned), `llmcompressor-wanda`,
   `llmcompressor-sparsegpt` (llm-compressor 0.14 in its own virtual environment,
   `scripts/benchmarks/setup_llmcompressor_venv.sh`).
 
-Writes `bench_out/bench_llm.{md,json,png}`. Run from the repository root (about an hour on 2 idle cores):
+Writes `bench_out/bench_llm.{md,json,png}`. Run from the repository root (about three hours on 2 idle cores):
 
     python -m scripts.benchmarks.bench_llm
     python -m scripts.benchmarks.bench_llm --methods hfprune,torch-pruning --levels 0.8 --calibration 16 \\
@@ -37,6 +43,7 @@ Writes `bench_out/bench_llm.{md,json,png}`. Run from the repository root (about 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import subprocess
@@ -62,6 +69,8 @@ PROMPTS = (
     "To read a file line by line,",
 )
 STRUCTURED = ("hfprune", "hfprune-groups", "hfprune-depth", "hfprune-layers", "torch-pruning")
+RECOVERED = ("hfprune-distill", "hfprune-gradual")
+GRADUAL_RECIPE = ROOT / "recipes" / "llama-gradual-fisher.yaml"
 WEIGHTS = ("hfprune-wanda", "hfprune-wanda-sequential", "hfprune-sparsegpt", "hfprune-sparsegpt-sequential",
            "llmcompressor-wanda", "llmcompressor-sparsegpt")
 PATTERNS = ("unstructured", "2:4")
@@ -131,6 +140,22 @@ def shapes(model) -> dict:
     }
 
 
+def uniform(shape: dict) -> bool:
+    """Whether every layer has the same heads, KV heads and FFN width, none of them emptied: then the config
+    describes the model and a plain `from_pretrained` builds it."""
+    return all(len(set(shape[k])) == 1 and shape[k][0] > 0 for k in ("heads", "kv_heads", "ffn"))
+
+
+def reload_check(row: dict, tokenizer) -> dict:
+    """Reload a saved result (plain `AutoModelForCausalLM` when uniform, else `hfprune.from_pretrained`) and
+    compare its greedy continuations with those the pruned model gave in memory, before it was saved."""
+    if uniform(row["shapes"]):
+        loader, model = "AutoModelForCausalLM", AutoModelForCausalLM.from_pretrained(row["saved"], dtype=torch.float32)
+    else:
+        loader, model = "hfprune.from_pretrained", hfprune.from_pretrained(row["saved"])
+    return {"loader": loader, "same_tokens": continuations(model.eval(), tokenizer) == row["continuations"]}
+
+
 # ------------------------------------------------------------------------------------------------ methods
 
 
@@ -163,6 +188,34 @@ def hfprune_weights(model, batches, variant: str, pattern: str) -> dict:
     return {}
 
 
+def recovered(model, tokenizer, level: float, args) -> dict:
+    """`hfprune-distill`: the saved one-shot `hfprune` model at `level` (pruned here first when there is none)
+    trained with the dense model as teacher; `hfprune-gradual`: the dense `model` pruned while training
+    (`PruningCallback`). The same training windows, steps and learning rate for both."""
+    from scripts.benchmarks import llm_recovery
+
+    settings = llm_recovery.RecoverySettings(steps=args.recovery_steps, max_seconds=args.recovery_minutes * 60)
+    windows = python_docs.windows(tokenizer, "train", CONTEXT, settings.steps * settings.batch_size, seed=0)
+    if args.worker == "hfprune-gradual":
+        recipe = hfprune.Recipe.load(GRADUAL_RECIPE)
+        recipe.target = {"nonembedding_params": level}
+        recipe.min_heads = 0
+        recipe.schedule = {"type": "cubic", "start": 0.05, "end": 0.5, "every": max(1, settings.steps // 20)}
+        return {"model": model, **llm_recovery.gradual(model, recipe, windows, settings, seq_len=CONTEXT)}
+    oneshot_dir = Path(args.out) / "models" / f"hfprune-{args.setting}"
+    oneshot_file = Path(args.out) / "runs" / f"hfprune-{args.setting}.json"
+    if oneshot_dir.is_dir() and oneshot_file.is_file():
+        student = hfprune.from_pretrained(oneshot_dir)
+        oneshot_s = json.loads(oneshot_file.read_text())["prune_s"]
+    else:
+        student = copy.deepcopy(model)
+        start = time.perf_counter()
+        hfprune_structured(student, calibration_batches(tokenizer, args.calibration), level, "hfprune")
+        oneshot_s = time.perf_counter() - start
+    result = llm_recovery.distil_pruned(student, model, windows, settings)
+    return {"model": student, "oneshot_s": oneshot_s, **result}
+
+
 def run_worker(args) -> dict:
     """One method at one level or pattern, in this process: prune, evaluate, save."""
     torch.manual_seed(0)
@@ -184,6 +237,9 @@ def run_worker(args) -> dict:
         start = time.perf_counter()
         if args.worker == "dense":
             details = {}
+        elif args.worker in RECOVERED:
+            details = recovered(model, tokenizer, float(args.setting), args)
+            model = details.pop("model")
         elif args.worker in STRUCTURED:
             level = float(args.setting)
             if args.worker == "torch-pruning":
@@ -192,12 +248,12 @@ def run_worker(args) -> dict:
                 details = hfprune_structured(model, batches, level, args.worker)
         else:
             details = hfprune_weights(model, batches, args.worker, args.setting)
-        result["prune_s"] = time.perf_counter() - start
+        result["prune_s"] = time.perf_counter() - start + details.get("oneshot_s", 0)
         result["peak_rss_gb"] = peak_rss_gb()
         result["details"] = details
         result["nonembedding_kept"] = nonembedding(model) / dense_nonembedding
         result["shapes"] = shapes(model)
-        if args.worker in STRUCTURED:
+        if args.worker in STRUCTURED + RECOVERED:
             model.save_pretrained(save_dir)
             tokenizer.save_pretrained(save_dir)
             result["saved"] = str(save_dir)
@@ -216,13 +272,14 @@ def run_worker(args) -> dict:
 
 
 def jobs(args) -> list[tuple[str, str]]:
-    chosen = args.methods.split(",") if args.methods else ["dense", *STRUCTURED, *WEIGHTS]
-    unknown = sorted(set(chosen) - {"dense", *STRUCTURED, *WEIGHTS})
+    known = ("dense", *STRUCTURED, *RECOVERED, *WEIGHTS)
+    chosen = args.methods.split(",") if args.methods else known
+    unknown = sorted(set(chosen) - set(known))
     if unknown:
-        raise SystemExit(f"unknown method(s) {unknown}; known: dense, {', '.join(STRUCTURED + WEIGHTS)}")
+        raise SystemExit(f"unknown method(s) {unknown}; known: {', '.join(known)}")
     out = [("dense", "-")]
     for method in chosen:
-        if method in STRUCTURED:
+        if method in STRUCTURED + RECOVERED:
             out += [(method, level) for level in args.levels.split(",")]
         elif method in WEIGHTS:
             out += [(method, pattern) for pattern in args.patterns.split(",")]
@@ -239,6 +296,7 @@ def run_job(args, method: str, setting: str) -> dict:
             return result
     command = [sys.executable, "-m", "scripts.benchmarks.bench_llm", "--worker", method, "--setting", setting,
                "--calibration", str(args.calibration), "--eval-windows", str(args.eval_windows), "--out", args.out,
+               "--recovery-steps", str(args.recovery_steps), "--recovery-minutes", str(args.recovery_minutes),
                "--result", str(result_file)]
     print(f"\n=== {method} {setting}", flush=True)
     finished = subprocess.run(command, cwd=ROOT)
@@ -263,13 +321,21 @@ def measure_speed(rows: list[dict]) -> dict:
                    "generate_speedup": decode["dense"] / decode[name]} for name in models}
 
 
+def reload_cell(row: dict) -> str:
+    reload = row.get("reload")
+    if reload is None:
+        return "-"
+    loader = "plain" if reload["loader"] == "AutoModelForCausalLM" else "hfprune"
+    return f"{loader}, {'yes' if reload['same_tokens'] else 'NO'}"
+
+
 def table(rows: list[dict], speed: dict) -> str:
     dense = next(r for r in rows if r["method"] == "dense")
     lines = ["| method | setting | non-emb. params kept | perplexity | x dense | prune s | peak GB | prefill x | "
-             "generate x |", "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+             "generate x | reloads (same tokens) |", "|---|---|--:|--:|--:|--:|--:|--:|--:|---|"]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['method']} | {row['setting']} | failed: {row['error']} ||||||")
+            lines.append(f"| {row['method']} | {row['setting']} | failed: {row['error']} |||||||")
             continue
         name = f"{row['method']} {row['setting']}"
         measured = speed.get(name, speed["dense"] if row["method"] == "dense" else {})
@@ -279,7 +345,7 @@ def table(rows: list[dict], speed: dict) -> str:
             f"| {row['method']} | {row['setting']} | {f'{kept:.1%}' if kept else '-'} | {row['perplexity']:.2f} | "
             f"{row['perplexity'] / dense['perplexity']:.2f} | {row.get('prune_s', 0):.0f} | "
             f"{row.get('peak_rss_gb', float('nan')):.2f} | "
-            f"{prefill:.2f} | {generate:.2f} |"
+            f"{prefill:.2f} | {generate:.2f} | {reload_cell(row)} |"
         )
     return "\n".join(lines)
 
@@ -292,16 +358,17 @@ def plot(rows: list[dict], path: Path) -> None:
 
     dense = next(r for r in rows if r["method"] == "dense")
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    for method in STRUCTURED:
+    for method in STRUCTURED + RECOVERED:
         points = sorted((r["nonembedding_kept"], r["perplexity"]) for r in rows
                         if r["method"] == method and "error" not in r)
+        style = "--s" if method == "torch-pruning" else ":^" if method in RECOVERED else "-o"
         if points:
-            axis.plot(*zip(*points, strict=True), "--s" if method == "torch-pruning" else "-o", label=method)
+            axis.plot(*zip(*points, strict=True), style, label=method)
     axis.axhline(dense["perplexity"], color="black", linewidth=0.8, label="dense")
     axis.set_xlabel("fraction of non-embedding parameters kept")
     axis.set_ylabel("perplexity (Python docs, 512 tokens)")
     axis.set_yscale("log")
-    axis.set_title("SmolLM2-135M pruned by structure, no retraining")
+    axis.set_title("SmolLM2-135M pruned by structure (dotted: after recovery training)")
     axis.invert_xaxis()
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
@@ -316,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patterns", default="unstructured,2:4", help="weight sparsity patterns")
     parser.add_argument("--calibration", type=int, default=64, help="calibration windows of 512 tokens")
     parser.add_argument("--eval-windows", type=int, default=32, help="evaluation windows of 512 tokens")
+    parser.add_argument("--recovery-steps", type=int, default=100,
+                        help="recovery training steps of 4 windows (hfprune-distill, hfprune-gradual)")
+    parser.add_argument("--recovery-minutes", type=float, default=25,
+                        help="wall-clock limit of one recovery training run, in minutes")
     parser.add_argument("--out", default="bench_out/llm", help="folder for runs and pruned models")
     parser.add_argument("--resume", action="store_true",
                         help="reuse the results of runs already in --out (same calibration size)")
@@ -332,6 +403,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start = time.perf_counter()
     rows = [run_job(args, method, setting) for method, setting in jobs(args)]
+    print("\n=== reload and generate", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+    for row in rows:
+        if row.get("saved") and "reload" not in row:
+            row["reload"] = reload_check(row, tokenizer)
+            print(f"{row['method']} {row['setting']}: {row['reload']}", flush=True)
     print("\n=== latency (batch 1)", flush=True)
     speed = measure_speed([r for r in rows if "error" not in r])
     text = "\n\n".join([
