@@ -46,7 +46,8 @@ class Recipe:
         "residual stream (the hidden size, uniform across layers) as NVIDIA Minitron does for width: channels are "
         "scored by the mean magnitude of every hidden-size norm's outputs on the calibration data, and the largest "
         "hidden size (a multiple of `round_hidden`) that meets a flops, params or nonembedding_params target is "
-        "kept; alone for now (with `weights` after it). `layers` removes whole "
+        "kept; alone, or with heads and/or neurons in one budget (a few hidden sizes are tried, see "
+        "`hidden_candidates`, and the one whose plan stays closest to the dense model wins). `layers` removes whole "
         "layers by block importance (ShortGPT); with heads/neurons, the number of layers removed is chosen with "
         "them in one budget (the depth whose plan stays closest to the dense model). `weights` sets single "
         "weights to zero (see `weights`) after any structure was removed; `target` and `criterion` do not apply to it.",
@@ -82,6 +83,12 @@ class Recipe:
         "With structures `hidden`: the kept hidden size is a multiple of this (fast matmuls; Llama-family configs "
         "also need a multiple of num_attention_heads, which is added to it); 1 = none.",
         64,
+    )
+    hidden_candidates: int = _help(
+        "With structures `hidden` and heads/neurons: how many hidden sizes are tried, the full width included, "
+        "evenly spaced down to the widest that meets the target by itself (each costs a scoring pass, a search and "
+        "a KL measurement on a narrowed copy of the model); >= 2.",
+        4,
     )
     gqa: str = _help(
         "For GQA attention: `heads` removes the same number of query heads from every KV group; `groups` "
@@ -161,6 +168,9 @@ class Recipe:
             if getattr(self, name) < 1:
                 why = "; a conv layer with no channels would cut the model in two" if name == "min_channels" else ""
                 raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}{why}")
+        if self.hidden_candidates < 2:
+            raise RecipeError(f"hidden_candidates must be >= 2 (the full width and a narrower one), got "
+                              f"{self.hidden_candidates}")
         for name in ("min_heads", "min_neurons"):
             if getattr(self, name) < 0:
                 raise RecipeError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -171,10 +181,10 @@ class Recipe:
     def _check_hidden(self) -> None:
         if "hidden" not in self.structures:
             return
-        others = [s for s in self.structures if s not in ("hidden", "weights")]
+        others = [s for s in self.structures if s not in ("hidden", "heads", "neurons", "weights")]
         if others:
             raise RecipeError(f"structures: `hidden` cannot be combined with {others} yet; prune the hidden size alone "
-                              "(weights may follow)")
+                              "or with heads and/or neurons (weights may follow)")
         if self.target.metric not in ("flops", "params", "nonembedding_params"):
             raise RecipeError("structures: `hidden` needs a flops, params or nonembedding_params fraction target, not "
                               f"{self.target.to_dict()}")

@@ -29,6 +29,8 @@ class PruningReport:
             at the budget's lengths and `recipe.latency_batch_size`).
         depth_search: with layers and units in one budget, layers removed -> KL of that plan to the dense model.
         hidden: hidden size [before, after], when the residual stream was narrowed (structures `hidden`).
+        hidden_search: with the hidden size and units in one budget, hidden size tried -> KL of its plan to the
+            dense model (widths where the budget could not be met are left out).
     """
 
     recipe: object
@@ -43,6 +45,7 @@ class PruningReport:
     latency: list[float] | None = None
     depth_search: dict[int, float] = field(default_factory=dict)
     hidden: list[int] | None = None
+    hidden_search: dict[int, float] = field(default_factory=dict)
 
     @contextmanager
     def phase(self, name: str):
@@ -84,6 +87,7 @@ class PruningReport:
             **({"latency_s": self.latency} if self.latency else {}),
             **({"depth_search": self.depth_search} if self.depth_search else {}),
             **({"hidden_size": self.hidden} if self.hidden else {}),
+            **({"hidden_search": self.hidden_search} if self.hidden_search else {}),
         }
 
     @property
@@ -110,8 +114,11 @@ class PruningReport:
         structures = getattr(self.recipe, "structures", None) or ["?"]
         weights_only = structures == ["weights"]
         criterion = getattr(self.recipe, "criterion", "?")
-        if "hidden" in structures:  # residual channels are scored by norm activations whatever the criterion says
+        # Residual channels are scored by norm activations whatever the criterion says; heads and neurons by it.
+        if structures in (["hidden"], ["hidden", "weights"]):
             criterion = "norm activations"
+        elif "hidden" in structures:
+            criterion = f"{criterion} (hidden size: norm activations)"
         heading = f"{criterion} on {self.num_samples} samples, target {getattr(self.recipe, 'target', '?')}"
         conv = any(site.kind == "conv" for site in self.before.sites.values())
         lines = [
@@ -145,6 +152,9 @@ class PruningReport:
         if self.depth_search:
             lines += ["depth search (layers removed: KL): "
                       + ", ".join(f"{d}: {kl:.4f}" for d, kl in self.depth_search.items())]
+        if self.hidden_search:
+            lines += ["", "hidden-size search (hidden size: KL): "
+                      + ", ".join(f"{w}: {kl:.4f}" for w, kl in self.hidden_search.items())]
         if self.quality:
             lines += ["", f"{'after step':<20}{'agreement':>10}{'KL':>10}   (vs dense, calibration data)"]
             for step, values in self.quality.items():

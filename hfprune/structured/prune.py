@@ -5,7 +5,8 @@ The driver: checks the recipe and calibration data, then scores every head and n
 (`search.py`; a latency target priced by `latency_budget.py`), optionally rearranges and tunes the masks (Kwon et
 al. 2022, `refine.py`), then shrinks the model in place and reports. `structures: [layers]` drops whole layers
 instead (`layers.py`); with heads/neurons too, the number of layers dropped is searched with them (`depth.py`).
-`structures: [hidden]` narrows the residual stream, the hidden size of the whole model (`hidden.py`, Minitron).
+`structures: [hidden]` narrows the residual stream, the hidden size of the whole model (`hidden.py`, Minitron);
+with heads/neurons too, the hidden size is searched with them (`hidden_search.py`).
 With `structures: [..., weights]` the weights left after shrinking are then sparsified (`hfprune.sparsity`).
 """
 
@@ -36,6 +37,7 @@ from .agreement import agreement, reference_outputs
 from .criteria import NEEDS_DATA, compute_scores
 from .depth import choose_depth, layer_of
 from .hidden import prune_hidden
+from .hidden_search import choose_hidden
 from .latency_budget import latency_costed
 from .layers import prune_layers
 from .rearrange import rearrange
@@ -166,16 +168,22 @@ def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningRe
             profile = profile_latency(model, before, recipe.structures, recipe.latency_batch_size)
         report.latency = [profile.seconds, None]
         before = latency_costed(profile, recipe, before)
-    with report.phase("scoring"):
-        scores = compute_scores(model, recipe.criterion, batches, channels="channels" in recipe.structures)
     # What each refinement step contributes is measured on a slice of the calibration data: enough to compare.
     probe, dense = reference_outputs(model, _limit(batches, QUALITY_SAMPLES))
     removed_layers: list[str] = []
-    with report.phase("search"):
-        if "layers" in recipe.structures:
-            removed_layers, plan = choose_depth(model, recipe, before, scores, probe, dense, report)
-        else:
-            plan = search(before, scores, recipe)
+    if "hidden" in recipe.structures:
+        # The model comes back narrowed to the chosen hidden size; from here on its counts are what the plan's
+        # units refer to (the report keeps the dense counts).
+        choice = choose_hidden(model, recipe, before, batches, probe, dense, report)
+        before, scores, plan = choice.counts, choice.scores, choice.plan
+    else:
+        with report.phase("scoring"):
+            scores = compute_scores(model, recipe.criterion, batches, channels="channels" in recipe.structures)
+        with report.phase("search"):
+            if "layers" in recipe.structures:
+                removed_layers, plan = choose_depth(model, recipe, before, scores, probe, dense, report)
+            else:
+                plan = search(before, scores, recipe)
     if probe:
         report.quality["search"] = agreement(model, plan, probe, dense)
     if recipe.rearrange and scores.head_grads:
