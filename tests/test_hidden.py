@@ -233,7 +233,7 @@ def test_impossible_budget_is_refused_before_anything_changes():
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"structures": ["hidden", "heads"]}, "cannot be combined"),
+        ({"structures": ["hidden", "layers"]}, "cannot be combined"),
         ({"structures": ["hidden"], "target": {"latency": 0.5}}, "fraction target"),
         ({"structures": ["hidden"], "target": {"heads": 4}}, "fraction target"),
         ({"structures": ["hidden"], "round_hidden": 0}, "round_hidden must be >= 1"),
