@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import transformers
@@ -122,17 +120,17 @@ def test_pruned_llama_saves_and_reloads(tmp_path, fields, uniform):
 
 
 def test_refinement_runs_on_the_narrowed_model():
-    """Fisher scores, rearrangement and weight reconstruction all follow the chosen width."""
+    """Fisher scores, rearrangement and weight reconstruction with added biases all follow the chosen width."""
     model = build("llama")
-    dense = copy.deepcopy(model)
     batches = _batches("llama")
-    recipe = _recipe({"params": 0.6}, criterion="fisher", reconstruct=True, min_heads=2, min_neurons=16)
+    recipe = _recipe({"params": 0.6}, criterion="fisher", reconstruct=True, add_bias=True, min_heads=2,
+                     min_neurons=16)
     report = hfprune.prune(model, recipe, calibration=batches)
     assert report.hidden[1] < 32 and "weight reconstruction" in report.quality
     assert any(step.startswith("rearrangement") for step in report.quality)
     assert report.quality["weight reconstruction"]["kl"] <= report.quality["search"]["kl"] + 1e-6
+    assert model.config.mlp_bias and model.model.layers[0].mlp.down_proj.bias.shape == (report.hidden[1],)
     assert torch.isfinite(_logits(model, batches[0])).all()
-    assert _logits(dense, batches[0]).shape == _logits(model, batches[0]).shape
 
 
 def test_deterministic():
