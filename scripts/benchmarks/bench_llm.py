@@ -19,7 +19,8 @@ Methods (`--methods`, comma-separated names, default all):
 - structured, no retraining, at each `--levels` fraction of the non-embedding parameters (the token embedding,
   tied to the LM head, is 21 % of the model and is not pruned):
   `hfprune` (recipes/llama-oneshot.yaml with the level as target), `hfprune-groups` (whole KV groups),
-  `hfprune-depth` (layers, heads and neurons in one budget), `hfprune-layers` (layer removal alone, by block
+  `hfprune-depth` (layers, heads and neurons in one budget), `hfprune-hidden` (hidden size, heads and neurons in
+  one budget: the full width and two narrower ones tried), `hfprune-layers` (layer removal alone, by block
   influence: ShortGPT), `torch-pruning` (Torch-Pruning's LLM example:
   uniform per layer, magnitude);
 - structured, after recovery training (`scripts/benchmarks/llm_recovery.py`: a plain `Trainer`, windows of the
@@ -68,7 +69,7 @@ PROMPTS = (
     "A list comprehension is",
     "To read a file line by line,",
 )
-STRUCTURED = ("hfprune", "hfprune-groups", "hfprune-depth", "hfprune-layers", "torch-pruning")
+STRUCTURED = ("hfprune", "hfprune-groups", "hfprune-depth", "hfprune-hidden", "hfprune-layers", "torch-pruning")
 RECOVERED = ("hfprune-distill", "hfprune-gradual")
 GRADUAL_RECIPE = ROOT / "recipes" / "llama-gradual-fisher.yaml"
 WEIGHTS = ("hfprune-wanda", "hfprune-wanda-sequential", "hfprune-sparsegpt", "hfprune-sparsegpt-sequential",
@@ -134,6 +135,7 @@ def shapes(model) -> dict:
 
     return {
         "layers": len(layers),
+        "hidden": model.config.hidden_size,
         "heads": [heads(layer, "q_proj") for layer in layers],
         "kv_heads": [heads(layer, "k_proj") for layer in layers],
         "ffn": [layer.mlp.down_proj.in_features for layer in layers],
@@ -166,6 +168,10 @@ def hfprune_structured(model, batches, level: float, variant: str) -> dict:
         recipe.gqa = "groups"
     if variant == "hfprune-depth":
         recipe.structures = ["layers", "heads", "neurons"]
+    if variant == "hfprune-hidden":  # hidden sizes in steps of 72: multiples of 8 and of the 9 query heads
+        recipe.structures = ["hidden", "heads", "neurons"]
+        recipe.round_hidden = 8
+        recipe.hidden_candidates = 3
     if variant == "hfprune-layers":
         recipe = hfprune.Recipe(target={"nonembedding_params": level}, structures=["layers"])
     report = hfprune.prune(model, recipe, calibration=batches)
