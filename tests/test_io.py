@@ -38,6 +38,18 @@ def test_uniform_gqa_checkpoint_loads_without_hfprune(family, tmp_path):
     assert torch.equal(logits(plain, family), logits(model, family))
 
 
+def test_uniform_head_count_the_config_refuses_stays_in_the_record(tmp_path):
+    """transformers 5 refuses a Llama config whose hidden_size (32) is not a multiple of its head count (3), even
+    with head_dim given: the config keeps the dense counts, and the checkpoint reloads through the record."""
+    model = build("llama", num_key_value_heads=4)
+    hfprune.remove_heads(model, {"decoder.0.attention": [0], "decoder.1.attention": [1]})
+    assert model.config.num_attention_heads == 4  # not 3: the config could not be saved
+    hfprune.save_pretrained(model, tmp_path)
+    reloaded = hfprune.from_pretrained(tmp_path).eval()
+    assert [layer.self_attn.q_proj.out_features for layer in reloaded.model.layers] == [24, 24]
+    assert torch.allclose(logits(reloaded, "llama"), logits(model, "llama"), atol=1e-6)
+
+
 def test_uniform_ffn_width_goes_into_bert_config(tmp_path):
     model = build("bert")
     hfprune.remove_neurons(model, {"encoder.0.ffn": range(5), "encoder.1.ffn": range(5, 10)})

@@ -304,6 +304,18 @@ def _uniform(values: list[int]) -> int | None:
     return values[0] if values and len(set(values)) == 1 and values[0] > 0 else None
 
 
+def _config_valid(config) -> bool:
+    """Whether the config passes its own validation (transformers 5 configs validate their fields)."""
+    validate = getattr(config, "validate", None)
+    if validate is None:
+        return True
+    try:
+        validate()
+    except Exception:  # huggingface_hub raises its own StrictDataclass errors, older versions ValueError
+        return False
+    return True
+
+
 def sync_config(model: nn.Module) -> None:
     """Write into `model.config` every shape the family's config can express (uniform sizes only)."""
     config = model.config
@@ -322,6 +334,13 @@ def sync_config(model: nn.Module) -> None:
         heads = _uniform([s.num_heads for s in attention])
         kv_heads = _uniform([s.num_kv_heads for s in attention])
         if spec.heads_field and heads and kv_heads:
-            setattr(config, spec.heads_field, heads)
-            setattr(config, spec.kv_heads_field, kv_heads)
-            setattr(config, spec.head_dim_field, attention[0].head_dim)
+            fields = (spec.heads_field, spec.kv_heads_field, spec.head_dim_field)
+            before = [getattr(config, field, None) for field in fields]
+            for field, value in zip(fields, (heads, kv_heads, attention[0].head_dim), strict=True):
+                setattr(config, field, value)
+            if not _config_valid(config):
+                # transformers 5 refuses e.g. a Llama config whose hidden_size is not a multiple of its head count,
+                # even with head_dim given, and would not save it. The counts then stay the dense ones, as for
+                # non-uniform heads: the pruning record holds them and hfprune.from_pretrained rebuilds them.
+                for field, value in zip(fields, before, strict=True):
+                    setattr(config, field, value)
