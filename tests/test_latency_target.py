@@ -71,8 +71,9 @@ def test_profile_prices_every_structure_and_leaves_the_model_alone(family, struc
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
-def test_prune_to_a_latency_target_meets_the_modelled_budget_and_reports_measured_times(monkeypatch):
-    model = build("bert")
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_prune_to_a_latency_target_meets_the_modelled_budget_and_reports_measured_times(family, monkeypatch):
+    model = build(family)
     calls = {}
 
     def fake_profile(model, counts, structures, batch_size=1, runs=10):
@@ -82,7 +83,7 @@ def test_prune_to_a_latency_target_meets_the_modelled_budget_and_reports_measure
 
     monkeypatch.setattr(prune_module, "profile_latency", fake_profile)
     recipe = hfprune.Recipe(target={"latency": 0.6}, latency_batch_size=4, round_neurons=1)
-    report = hfprune.prune(model, recipe, calibration("bert"))
+    report = hfprune.prune(model, recipe, calibration(family))
     assert calls["batch_size"] == 4
     profile = calls["profile"]
     modelled_after = profile.fixed + sum(
