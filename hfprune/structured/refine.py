@@ -95,18 +95,24 @@ def _teacher_targets(model: nn.Module, masks: SoftMasks, sites: dict, batches: l
     targets: dict[str, list[torch.Tensor]] = {name: [] for name in sites}
     current: dict = {}
     handles = []
+    last = next(reversed(sites), None)
     for name, site in sites.items():
         residual: dict = {}
         handles.append(_capture_residual(site, residual, current))
 
         def output_hook(module, args, output, name=name, residual=residual):
             targets[name].append(_real_tokens(current["batch"], output).float() + residual.pop("residual"))
+            if name == last:
+                raise _Stop  # the rest of the model (an LLM's vocabulary-sized head above all) is not needed
 
         handles.append(_projection(site).register_forward_hook(output_hook))
     try:
         for batch in batches:
             current["batch"] = batch
-            model(**_inputs(batch))
+            try:
+                model(**_inputs(batch))
+            except _Stop:
+                pass
     finally:
         for handle in handles:
             handle.remove()
