@@ -396,13 +396,14 @@ def test_llama_gradual_recipe_keeps_kv_groups_generates_and_reloads(tmp_path):
     recipe = hfprune.Recipe.load(Path(__file__).parents[1] / "recipes" / "llama-gradual-fisher.yaml")
     assert recipe.gqa == "heads" and recipe.distill is not None and recipe.schedule.type == "cubic"
     # Sized for this run, otherwise the file's recipe: re-prune every 2 steps between its 10% and 60% marks of
-    # 12 steps (steps 1..7), round the 37-wide MLPs to multiples of 4 instead of 64, and count FLOPs at the
-    # tiny model's context of 64 tokens (at 2048 its cost is nearly all attention scores, so only heads would go).
-    recipe = replace(recipe, schedule=replace(recipe.schedule, every=2), round_neurons=4, seq_len=64)
+    # 12 steps (steps 1..7), round the 37-wide MLPs to multiples of 4 instead of 64, and cut deeper (at 80 %
+    # Fisher takes it all from the FFNs, and the GQA rule would go unchecked).
+    recipe = replace(recipe, schedule=replace(recipe.schedule, every=2), round_neurons=4,
+                     target={"nonembedding_params": 0.4})
     model = build("llama")
     dense_heads, dense_kv = model.config.num_attention_heads, model.config.num_key_value_heads
     assert dense_kv < dense_heads, "the tiny Llama must use GQA"
-    dense = hfprune.count(model, seq_len=recipe.seq_len)
+    dense = hfprune.count(model)
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=2,
         save_strategy="no", report_to=[], use_cpu=True,
@@ -411,8 +412,8 @@ def test_llama_gradual_recipe_keeps_kv_groups_generates_and_reloads(tmp_path):
                                    callbacks=[hfprune.PruningCallback(recipe)])
     trainer.train()
 
-    pruned = hfprune.count(model, seq_len=recipe.seq_len)
-    assert pruned.flops <= recipe.target.flops * dense.flops + 1e-6 * dense.flops
+    pruned = hfprune.count(model)
+    assert pruned.nonembedding_params <= recipe.target.nonembedding_params * dense.nonembedding_params + 1
     assert pruned.params < dense.params
     model.save_pretrained(tmp_path / "saved")
     sites = json.loads((tmp_path / "saved" / "pruning_config.json").read_text())["sites"]
@@ -422,6 +423,8 @@ def test_llama_gradual_recipe_keeps_kv_groups_generates_and_reloads(tmp_path):
     group = dense_heads // dense_kv
     for name in attention:
         entry = sites[name]
+        if entry["num_heads"] == 0:
+            continue  # min_heads: 0 lets a layer lose its whole attention
         heads, kv_heads = entry.get("heads", list(range(dense_heads))), entry.get("kv_heads", list(range(dense_kv)))
         assert kv_heads == list(range(dense_kv)), "gqa: heads keeps every KV head"
         per_group = [sum(h // group == g for h in heads) for g in kv_heads]

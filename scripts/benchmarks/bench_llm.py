@@ -205,7 +205,6 @@ def recovered(model, tokenizer, level: float, args) -> dict:
     if args.worker == "hfprune-gradual":
         recipe = hfprune.Recipe.load(GRADUAL_RECIPE)
         recipe.target = {"nonembedding_params": level}
-        recipe.min_heads = 0
         recipe.schedule = {"type": "cubic", "start": 0.05, "end": 0.5, "every": max(1, settings.steps // 20)}
         return {"model": model, **llm_recovery.gradual(model, recipe, windows, settings, seq_len=CONTEXT)}
     oneshot_dir = Path(args.out) / "models" / f"hfprune-{args.setting}"
