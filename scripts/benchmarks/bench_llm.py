@@ -344,13 +344,14 @@ def table(rows: list[dict], speed: dict) -> str:
             continue
         name = f"{row['method']} {row['setting']}"
         measured = speed.get(name, speed["dense"] if row["method"] == "dense" else {})
-        prefill, generate = (measured.get(k, float("nan")) for k in ("prefill_speedup", "generate_speedup"))
+        prefill, generate = (f"{measured[k]:.2f}x" if k in measured else "-"
+                             for k in ("prefill_speedup", "generate_speedup"))
         kept = row.get("nonembedding_kept")
         lines.append(
             f"| {row['method']} | {row['setting']} | {f'{kept:.1%}' if kept else '-'} | {row['perplexity']:.2f} | "
             f"{row['perplexity'] / dense['perplexity']:.2f} | {row.get('prune_s', 0):.0f} | "
             f"{row.get('peak_rss_gb', float('nan')):.2f} | "
-            f"{prefill:.2f} | {generate:.2f} | {reload_cell(row)} |"
+            f"{prefill} | {generate} | {reload_cell(row)} |"
         )
     return "\n".join(lines)
 
