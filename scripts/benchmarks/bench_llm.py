@@ -336,8 +336,8 @@ def reload_cell(row: dict) -> str:
 
 def table(rows: list[dict], speed: dict) -> str:
     dense = next(r for r in rows if r["method"] == "dense")
-    lines = ["| method | setting | non-emb. params kept | perplexity | x dense | prune s | peak GB | prefill x | "
-             "generate x | reloads (same tokens) |", "|---|---|--:|--:|--:|--:|--:|--:|--:|---|"]
+    lines = ["| method | setting | non-emb. params kept | perplexity | x dense | prune (+ train) s | peak GB | "
+             "prefill x | generate x | reloads (same tokens) |", "|---|---|--:|--:|--:|--:|--:|--:|--:|---|"]
     for row in rows:
         if "error" in row:
             lines.append(f"| {row['method']} | {row['setting']} | failed: {row['error']} |||||||")
