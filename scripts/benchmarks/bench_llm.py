@@ -291,14 +291,16 @@ def jobs(args) -> list[tuple[str, str]]:
     return out
 
 
-def run_job(args, method: str, setting: str) -> dict:
+def run_job(args, method: str, setting: str) -> dict | None:
     result_file = Path(args.out) / "runs" / f"{method}-{setting}.json".replace(":", "of")
     result_file.parent.mkdir(parents=True, exist_ok=True)
-    if args.resume and result_file.is_file():
+    if (args.resume or args.report_only) and result_file.is_file():
         result = json.loads(result_file.read_text())
         if result.get("calibration") == args.calibration:
             print(f"\n=== {method} {setting}: from {result_file}", flush=True)
             return result
+    if args.report_only:
+        return None
     command = [sys.executable, "-m", "scripts.benchmarks.bench_llm", "--worker", method, "--setting", setting,
                "--calibration", str(args.calibration), "--eval-windows", str(args.eval_windows), "--out", args.out,
                "--recovery-steps", str(args.recovery_steps), "--recovery-minutes", str(args.recovery_minutes),
@@ -396,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench_out/llm", help="folder for runs and pruned models")
     parser.add_argument("--resume", action="store_true",
                         help="reuse the results of runs already in --out (same calibration size)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: report the runs already in --out (implies --resume)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--setting", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -408,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {prompt!r} -> {text!r}")
         return 0
     start = time.perf_counter()
-    rows = [run_job(args, method, setting) for method, setting in jobs(args)]
+    rows = [row for method, setting in jobs(args) if (row := run_job(args, method, setting)) is not None]
     print("\n=== reload and generate", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
     for row in rows:
