@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n=== latency (batch 1)", flush=True)
     speed = measure_speed([r for r in rows if "error" not in r])
     text = "\n\n".join([
-        "# SmolLM2-135M: structured and weight pruning, no retraining",
+        "# SmolLM2-135M: structured and weight pruning, and recovery training",
         table(rows, speed),
         "Greedy continuations (24 tokens):\n\n" + "\n".join(
             f"- {r['method']} {r['setting']}: " + " | ".join(repr(t) for t in r["continuations"])
