@@ -438,3 +438,25 @@ def test_rearrange_returns_a_new_plan_and_leaves_the_searched_one_alone():
     searched = copy.deepcopy(plan)
     rearranged = rearrange(plan, scores, counts)
     assert plan == searched and rearranged is not plan
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [([0], "1 labelled calibration examples for a 3-class model"),
+     ([2, 2, 2, 2], r"every calibration example has the same label \(2\)")],
+)
+def test_labels_that_cannot_describe_the_task_are_warned_about(labels, message):
+    model = build("bert", num_labels=3)
+    batch = {**inputs("bert", batch=len(labels)), "labels": torch.tensor(labels)}
+    with pytest.warns(UserWarning, match=message):
+        hfprune.prune(model, hfprune.Recipe(target={"flops": 0.8}, round_neurons=1), calibration=[batch])
+
+
+def test_labels_covering_every_class_raise_no_warning():
+    import warnings
+
+    model = build("bert", num_labels=3)
+    batch = {**inputs("bert", batch=4), "labels": torch.tensor([0, 1, 2, 0])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        hfprune.prune(model, hfprune.Recipe(target={"flops": 0.8}, round_neurons=1), calibration=[batch])

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-from ..calibration.batches import check_calibration
+from ..calibration.batches import check_calibration, check_label_coverage
 from ..calibration.lengths import mean_lengths
 from ..calibration.seq2seq import with_decoder_inputs
 from ..core import AttentionSite, prepared_adapter, resolve_sites
@@ -45,6 +45,8 @@ from .refine import fold_gates, reconstruct_weights, tune_masks
 from .search import search
 
 QUALITY_SAMPLES = 128
+# Criteria scored by the gradient of the task loss: their labels must describe the task.
+LABELLED_CRITERIA = ("fisher", "taylor")
 
 
 def _batch_size(batch: dict) -> int:
@@ -113,6 +115,8 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
     if needed_by is None and weights is not None and WEIGHT_CRITERIA[weights.criterion].statistic:
         needed_by = f"weights criterion {weights.criterion!r}"
     batches = _limit(check_calibration(calibration, needed_by), recipe.num_samples)
+    if structured and recipe.criterion in LABELLED_CRITERIA:
+        check_label_coverage(batches, getattr(model.config, "num_labels", None), f"criterion {recipe.criterion!r}")
     device = next(model.parameters()).device
     batches = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in batches]
     # Encoder-decoders: the dense model's transcripts stand in for missing labels, before anything is scored.
