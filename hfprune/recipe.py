@@ -90,6 +90,13 @@ class Recipe:
         "a KL measurement on a narrowed copy of the model); >= 2.",
         4,
     )
+    layer_balance: float = _help(
+        "How far the search evens out importance between layers, in [0, 1]: each layer's scores are divided by its "
+        "importance per unit of cost raised to this power. 0 is the plain global search (Kwon et al. 2022), which "
+        "at tight budgets can nearly empty late layers; 1 gives every layer the same mean importance per FLOP. "
+        "Gradient criteria (fisher) only.",
+        0.0,
+    )
     gqa: str = _help(
         "For GQA attention: `heads` removes the same number of query heads from every KV group; `groups` "
         "removes whole KV groups.",
@@ -121,7 +128,8 @@ class Recipe:
     sites: list | None = _help("Prune only sites whose name starts with one of these (e.g. [encoder]).", None)
     distill: DistillSettings | None = _help(
         "PruningCallback only: distil from the dense model, {alpha: 0.5, temperature: 2.0, hidden: 0.0} "
-        "(weight of the KL term, softmax temperature, weight of hidden-state MSE).",
+        "(weight of the KL term, softmax temperature, weight of hidden-state MSE). Default: those values, a frozen "
+        "copy of the model at train begin teaching; {alpha: 0} trains on the task loss alone (no teacher, no copy).",
         None,
     )
     weights: WeightSettings | None = _help(
@@ -134,7 +142,8 @@ class Recipe:
     schedule: ScheduleSettings | None = _help(
         "PruningCallback only: {type: oneshot|cubic, start, end, every, shrink}; steps, or fractions of training as "
         "floats. `shrink`: remove the pruned units physically after that step (the rest of training runs on the "
-        "small model; single process), instead of at train end. Default: one-shot after the first step.",
+        "small model; single process), instead of at train end. Default: cubic from 0.1 to 0.7 of training, "
+        "re-pruning every 10 steps.",
         None,
     )
 
@@ -168,6 +177,8 @@ class Recipe:
             if getattr(self, name) < 1:
                 why = "; a conv layer with no channels would cut the model in two" if name == "min_channels" else ""
                 raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}{why}")
+        if not 0.0 <= self.layer_balance <= 1.0:
+            raise RecipeError(f"layer_balance must be in [0, 1], got {self.layer_balance}")
         if self.hidden_candidates < 2:
             raise RecipeError(f"hidden_candidates must be >= 2 (the full width and a narrower one), got "
                               f"{self.hidden_candidates}")
@@ -255,12 +266,12 @@ class Recipe:
         return "\n".join(lines + [settings.help() for settings in _SETTINGS.values()])
 
 
-_TYPES = {"list": list, "str": str, "int": int, "bool": bool, "int | None": (int, type(None)),
+_TYPES = {"list": list, "str": str, "int": int, "float": (float, int), "bool": bool, "int | None": (int, type(None)),
           "list | None": (list, type(None))}
 
 
 def _check_type(name: str, value: Any, annotation: Any) -> None:
     expected = _TYPES[annotation if isinstance(annotation, str) else annotation.__name__]
-    wrong_bool = isinstance(value, bool) and expected in (int, (int, type(None)))
+    wrong_bool = isinstance(value, bool) and expected in (int, (int, type(None)), (float, int))
     if wrong_bool or not isinstance(value, expected):
         raise RecipeError(f"recipe field {name!r} must be {annotation}, got {type(value).__name__} {value!r}")

@@ -225,6 +225,11 @@ class DistillSettings(_Settings):
         if self.temperature <= 0 or self.hidden < 0:
             raise RecipeError("distill.temperature must be > 0 and distill.hidden >= 0")
 
+    @property
+    def off(self) -> bool:
+        """Neither term has weight: training on the task loss alone, no teacher."""
+        return self.alpha == 0 and self.hidden == 0
+
 
 # ------------------------------------------------------------------------------------------------ schedule
 

@@ -89,10 +89,10 @@ class SoftMasks:
         def hook(module, args):
             context, *rest = args
             gate = self.heads[name].to(context.dtype)
-            per_head = context.unflatten(-1, (gate.shape[0], -1))
+            per_head = context.unflatten(-1, (gate.shape[-1], -1))
             if self.observer is not None:
                 self.observer("heads", name, per_head)
-            return ((per_head * gate[:, None]).flatten(-2), *rest)
+            return ((per_head * _broadcast(gate, per_head, -2)).flatten(-2), *rest)
 
         return hook
 
@@ -101,7 +101,8 @@ class SoftMasks:
             activations, *rest = args
             if self.observer is not None:
                 self.observer("neurons", name, activations)
-            return (activations * self.neurons[name].to(activations.dtype), *rest)
+            gate = self.neurons[name].to(activations.dtype)
+            return (activations * _broadcast(gate, activations, -1), *rest)
 
         return hook
 
@@ -111,9 +112,7 @@ class SoftMasks:
             gate = self.channels[name].to(features.dtype)
             if self.observer is not None:
                 self.observer("channels", name, features.movedim(dim, -1))
-            shape = [1] * features.dim()
-            shape[dim] = gate.shape[0]
-            return (features * gate.view(shape), *rest)
+            return (features * _broadcast(gate, features, dim), *rest)
 
         return hook
 
@@ -182,3 +181,14 @@ class SoftMasks:
     def zero_channels(self) -> dict[str, list[int]]:
         """The conv channels whose gate is exactly 0, as a removal request for `remove_channels`."""
         return {n: torch.nonzero(g == 0).flatten().tolist() for n, g in self.channels.items()}
+
+
+def _broadcast(gate: torch.Tensor, values: torch.Tensor, dim: int) -> torch.Tensor:
+    """`gate` shaped to multiply `values` whose units lie along `dim`: a `(units,)` gate is shared by every
+    example, a `(batch, units)` gate (per-example gradients, see `criteria.fisher`) scales each example's own."""
+    dim = dim % values.dim()
+    shape = [1] * values.dim()
+    shape[dim] = gate.shape[-1]
+    if gate.dim() == 2:
+        shape[0] = gate.shape[0]
+    return gate.view(shape)

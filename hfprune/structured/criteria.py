@@ -261,8 +261,19 @@ def activation(model: nn.Module, batches: list, channels: bool = False) -> Score
     return Scores(mean("heads"), mean("neurons"), comparable=False, channels=mean("channels"))
 
 
+PER_EXAMPLE = True
+
+
+def examples_in(batch: dict) -> int:
+    """The batch size: the leading dimension of the model inputs."""
+    for key in ("input_ids", "input_values", "input_features", "inputs_embeds"):
+        if isinstance(batch.get(key), torch.Tensor):
+            return batch[key].shape[0]
+    return next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.dim())
+
+
 def _gate_gradients(model: nn.Module, batches: list, description: str, channels: bool = False):
-    """Per-batch gradients of the task loss with respect to every head, neuron and channel gate."""
+    """Per-example gradients of the task loss with respect to every head, neuron and channel gate."""
     device = _device(model)
     was_training = model.training
     model.eval()  # dropout off: the scores describe the model as it will be used
@@ -274,22 +285,30 @@ def _gate_gradients(model: nn.Module, batches: list, description: str, channels:
         for p in model.parameters():
             p.requires_grad_(False)  # only the gates need gradients: cheaper, and weights stay untouched
         with SoftMasks(model, requires_grad=True, channels=channels) as masks:
+            tables = ((head_grads, masks.heads), (neuron_grads, masks.neurons), (channel_grads, masks.channels))
             for batch in _progress(batches, description):
-                loss = task_loss(model, _to(batch, device))
-                named = [
-                    (table, name, gate)
-                    for table, gates in ((head_grads, masks.heads), (neuron_grads, masks.neurons),
-                                         (channel_grads, masks.channels))
-                    for name, gate in gates.items()
-                ]
+                batch = _to(batch, device)
+                size = examples_in(batch) if PER_EXAMPLE else None
+                named = []
+                for table, gates in tables:
+                    for name in gates:
+                        # One gate per example: its gradient is that example's own, in the same backward pass.
+                        # Conv channels keep one shared gate: norms over channels weight their statistics by it.
+                        if size is not None and table is not channel_grads:
+                            gates[name] = torch.ones(size, gates[name].shape[-1], device=device, requires_grad=True)
+                        named.append((table, name, gates[name]))
+                loss = task_loss(model, batch)
                 grads = torch.autograd.grad(loss, [gate for _, _, gate in named], allow_unused=True)
                 for (table, name, gate), grad in zip(named, grads, strict=True):
-                    table.setdefault(name, []).append(torch.zeros_like(gate) if grad is None else grad.detach())
+                    # The loss is a mean over the batch: scaled back to each example's own gradient.
+                    scale = float(size) if gate.dim() == 2 else 1.0
+                    grad = torch.zeros_like(gate) if grad is None else grad.detach() * scale
+                    table.setdefault(name, []).append(grad if grad.dim() == 2 else grad[None])
     finally:
         for p, flag in requires.items():
             p.requires_grad_(flag)
         model.train(was_training)
-    stack = lambda table: {n: torch.stack(g).float() for n, g in table.items()}  # noqa: E731
+    stack = lambda table: {n: torch.cat(g).float() for n, g in table.items()}  # noqa: E731
     return stack(head_grads), stack(neuron_grads), stack(channel_grads)
 
 

@@ -26,16 +26,12 @@ from ..errors import RecipeError
 from ..publish.report import PruningReport
 from ..recipe import Recipe
 from .agreement import agreement
+from .balance import layer_of
 from .criteria import Scores
 from .layers import block_importance
 from .search import GONE, Plan, search, unit_cost
 
 PATIENCE = 3
-
-
-def layer_of(site_name: str) -> str:
-    """`"decoder.3.attention"` -> `"decoder.3"`."""
-    return site_name.rsplit(".", 1)[0]
 
 
 def _without(scores: Scores, layers: set[str]) -> Scores:

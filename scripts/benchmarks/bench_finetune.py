@@ -167,7 +167,8 @@ def callback_overhead(dense, context) -> dict[str, float]:
     recipe = replace(recipe, schedule=replace(recipe.schedule, shrink=None))
     variants = {
         "without callback": lambda: [],
-        "with callback": lambda: [hfprune.PruningCallback(replace(recipe, distill=None), seq_len=context["seq_len"])],
+        "with callback": lambda: [
+            hfprune.PruningCallback(replace(recipe, distill={"alpha": 0.0}), seq_len=context["seq_len"])],
         "with callback + distillation": lambda: [hfprune.PruningCallback(recipe, seq_len=context["seq_len"])],
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -189,7 +190,8 @@ def run(args) -> tuple[list[dict], dict[str, float]]:
     dense = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     context = {
         "args": args, "tokenizer": tokenizer, "train": train_split(data, tokenizer),
-        "calibration": calibration_batches(data, tokenizer, args), "seq_len": mean_test_length(data, tokenizer),
+        "calibration": calibration_batches(data, tokenizer, args.num_samples, 0, args.calibration_batch_size),
+        "seq_len": mean_test_length(data, tokenizer),
     }
     dense_flops = hfprune.count(dense, seq_len=context["seq_len"]).flops
     dense_accuracy = fortunes.evaluate_accuracy(dense, data["test"], tokenizer)

@@ -228,7 +228,7 @@ def measure_memory(args) -> dict:
     data = fortunes.load_fortunes()
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(args.model_dir).eval()
-    calibration = calibration_batches(data, tokenizer, args)
+    calibration = calibration_batches(data, tokenizer, args.num_samples, 0, args.calibration_batch_size)
     model_bytes = sum(p.numel() * p.element_size() for p in [*model.parameters(), *model.buffers()])
     with torch.no_grad():
         for batch in calibration:
@@ -283,7 +283,7 @@ def run(args) -> dict:
                                                                                       len(data["test"]))))
     train = train_split(data, tokenizer)
     steps = args.steps if args.steps is not None else math.ceil(len(train) / args.batch_size)
-    calibration = calibration_batches(data, tokenizer, args)
+    calibration = calibration_batches(data, tokenizer, args.num_samples, 0, args.calibration_batch_size)
     samples = sum(len(b["input_ids"]) for b in calibration)
     dense_accuracy = fortunes.evaluate_accuracy(dense, test, tokenizer)
     print(f"dense: test accuracy {dense_accuracy:.4f} on {len(test)} examples, sparsity "

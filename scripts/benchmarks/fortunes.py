@@ -503,12 +503,17 @@ class FinetuneArguments:
     topics: list[str] = field(default_factory=lambda: list(TOPICS), metadata={"help": "Topic files, in label order."})
     root: str = field(default=FORTUNES_ROOT, metadata={"help": "Directory of the fortune files."})
     max_chars: int = field(default=512, metadata={"help": "Entries are truncated to this many characters."})
+    task: str | None = field(
+        default=None, metadata={"help": "A task of `scripts.benchmarks.tasks` instead of every fortune (topics, root "
+                                        "and max_chars then do not apply)."})
     force: bool = field(default=False, metadata={"help": "Retrain even if a matching finished model is cached."})
 
 
 def _cache_key(args: FinetuneArguments, dataset: DatasetDict) -> dict:
     """Everything a finished run must match to be reused."""
     key = {name: value for name, value in asdict(args).items() if name not in ("output_dir", "force")}
+    if key["task"] is None:
+        del key["task"]  # runs cached before tasks existed stay valid
     key["split_sizes"] = {name: len(split) for name, split in dataset.items()}
     key["data_fingerprint"] = fingerprint(dataset)
     return key
@@ -537,6 +542,56 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.
         return torch.optim.AdamW(groups, lr=lr, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, lr=lr)
+
+
+def train_epochs(
+    model: torch.nn.Module,
+    tokenized: DatasetDict,
+    tokenizer: PreTrainedTokenizerBase,
+    epochs: int,
+    seed: int = 0,
+    batch_size: int = 32,
+    lr: float = 1e-4,
+    weight_decay: float = 0.01,
+    warmup_ratio: float = 0.06,
+    started: float | None = None,
+) -> list[dict]:
+    """
+    Train `model` on `tokenized["train"]` for `epochs` (AdamW, linear warm-up and decay, shuffled length-bucketed
+    batches) and measure validation accuracy after each epoch: the fine-tuning loop, also used to recover a
+    pruned model.
+
+    Returns:
+        `list[dict]`: per epoch, the mean training loss, validation accuracy and seconds since `started`.
+    """
+    started = time.perf_counter() if started is None else started
+    steps_per_epoch = math.ceil(len(tokenized["train"]) / batch_size)
+    optimizer = _optimizer(model, lr, weight_decay)
+    total = steps_per_epoch * epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(warmup_ratio * total), total)
+    history = []
+    for epoch in range(epochs):
+        model.train()
+        losses = []
+        train_batches = batches(
+            tokenized["train"], tokenizer, batch_size, shuffle=True, seed=seed * 1000 + epoch, by_length=True
+        )
+        progress = tqdm(train_batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", unit="batch")
+        for batch in progress:
+            loss = model(**_to_device(batch, model)).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            progress.set_postfix(loss=f"{statistics.fmean(losses[-50:]):.3f}")
+        accuracy = evaluate_accuracy(model, tokenized["validation"], tokenizer)
+        mean_loss = statistics.fmean(losses)
+        elapsed = time.perf_counter() - started
+        history.append({"epoch": epoch + 1, "train_loss": mean_loss, "val_accuracy": accuracy, "elapsed_s": elapsed})
+        tqdm.write(f"epoch {epoch + 1}/{epochs}: train loss {mean_loss:.4f}, val accuracy {accuracy:.4f}")
+    return history
 
 
 def finetune(
@@ -568,7 +623,8 @@ def finetune(
         batch_size (`int`, defaults to 32), lr (`float`, defaults to 1e-4), force (`bool`, defaults to `False`):
             See [`FinetuneArguments`].
         kwargs:
-            Other [`FinetuneArguments`] fields (`weight_decay`, `warmup_ratio`, `topics`, `root`, `max_chars`).
+            Other [`FinetuneArguments`] fields (`weight_decay`, `warmup_ratio`, `topics`, `root`, `max_chars`,
+            `task`).
 
     Returns:
         `Path`: `output_dir`, loadable with `AutoModelForSequenceClassification.from_pretrained` and
@@ -586,7 +642,13 @@ def finetune(
     )
     args.topics = list(args.topics)
     output_dir = Path(output_dir)
-    dataset = load_fortunes(args.topics, args.root, args.max_chars)
+    if args.task is None:
+        dataset = load_fortunes(args.topics, args.root, args.max_chars)
+    else:
+        from scripts.benchmarks.tasks import load_task  # late: tasks builds on this module's data helpers
+
+        dataset = load_task(args.task)
+    labels = dataset["train"].features["label"].names
     key = _cache_key(args, dataset)
     if not force and cached_metrics(output_dir, key) is not None:
         return output_dir
@@ -596,38 +658,13 @@ def finetune(
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     model = AutoModelForSequenceClassification.from_pretrained(
         minilm_path(),
-        num_labels=len(args.topics),
-        id2label=dict(enumerate(args.topics)),
-        label2id={topic: i for i, topic in enumerate(args.topics)},
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
     )
     tokenized = DatasetDict({name: tokenize(split, tokenizer, max_length) for name, split in dataset.items()})
-    steps_per_epoch = math.ceil(len(tokenized["train"]) / batch_size)
-    optimizer = _optimizer(model, lr, args.weight_decay)
-    total = steps_per_epoch * epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, round(args.warmup_ratio * total), total)
-
-    history = []
-    for epoch in range(epochs):
-        model.train()
-        losses = []
-        train_batches = batches(
-            tokenized["train"], tokenizer, batch_size, shuffle=True, seed=seed * 1000 + epoch, by_length=True
-        )
-        progress = tqdm(train_batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", unit="batch")
-        for batch in progress:
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            progress.set_postfix(loss=f"{statistics.fmean(losses[-50:]):.3f}")
-        accuracy = evaluate_accuracy(model, tokenized["validation"], tokenizer)
-        mean_loss = statistics.fmean(losses)
-        elapsed = time.perf_counter() - started
-        history.append({"epoch": epoch + 1, "train_loss": mean_loss, "val_accuracy": accuracy, "elapsed_s": elapsed})
-        tqdm.write(f"epoch {epoch + 1}/{epochs}: train loss {mean_loss:.4f}, val accuracy {accuracy:.4f}")
+    history = train_epochs(model, tokenized, tokenizer, epochs, seed=seed, batch_size=batch_size, lr=lr,
+                           weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, started=started)
 
     val_accuracy = (
         history[-1]["val_accuracy"] if history else evaluate_accuracy(model, tokenized["validation"], tokenizer)
