@@ -144,8 +144,29 @@ def test_distillation_from_a_given_teacher(tmp_path):
     train(model, recipe, tmp_path, steps=4, teacher=original)
     assert len(calls) == 4  # one teacher pass per training step
     assert all(torch.equal(before[k], v) for k, v in original.state_dict().items())  # the teacher only teaches
-    with pytest.raises(hfprune.RecipeError, match="got a teacher, but the recipe has no `distill` settings"):
-        hfprune.PruningCallback(hfprune.Recipe(target={"flops": 0.6}), teacher=original)
+    with pytest.raises(hfprune.RecipeError, match="got a teacher, but the recipe turns distillation off"):
+        hfprune.PruningCallback(hfprune.Recipe(target={"flops": 0.6}, distill={"alpha": 0.0}), teacher=original)
+
+
+def test_defaults_prune_gradually_with_the_dense_model_as_teacher(tmp_path):
+    """A recipe with only a target distils from a frozen copy and prunes on the cubic schedule; `distill:
+    {alpha: 0}` trains without a teacher."""
+    callback = hfprune.PruningCallback(hfprune.Recipe(target={"flops": 0.6}), seq_len=10)
+    assert callback.distill == hfprune.settings.DistillSettings()
+    distilling = []
+
+    class Spy(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            distilling.append(callback.distiller is not None)
+
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=20, per_device_train_batch_size=8,
+                                          save_strategy="no", report_to=[], use_cpu=True)
+    transformers.Trainer(model=build("bert"), args=args, train_dataset=RandomTopics(),
+                         callbacks=[callback, Spy()]).train()
+    assert callback.schedule.kind == "cubic" and (callback.schedule.start, callback.schedule.end) == (2, 14)
+    assert len(distilling) == 20 and all(distilling), "a teacher on every step"
+    assert callback.distiller is None, "detached at the end"
+    assert hfprune.PruningCallback(hfprune.Recipe(distill={"alpha": 0.0})).distill is None
 
 
 # Training mode without randomness (dropout, LayerDrop, SpecAugment), so two forward passes are comparable.

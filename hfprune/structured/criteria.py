@@ -3,15 +3,18 @@
 
 A criterion maps `(model, batches)` to `Scores`: one score per head and per neuron of every site, higher meaning
 more important; called with `channels=True`, also one per conv channel (speech feature encoders). Gradient
-criteria also keep the per-batch gate gradients, which the mask rearrangement step of the search uses (Kwon et
-al. 2022).
+criteria also keep the gate gradients of every calibration example, which the mask rearrangement step of the
+search uses (Kwon et al. 2022). Each example's gradient is its own: every example gets its own gates in the
+batch's single backward pass, so opposite signs of two examples do not cancel as they would in a batch mean
+(conv channel gates stay shared by the batch, because norms over channels weight their statistics by them).
 
 Sources:
 - magnitude: L2 norm of a head's q/k/v rows and o columns; of a neuron's up (gate) rows and down column; of a
   channel's conv filter and the consumer's input weights that read it.
 - activation: mean |activation| of a neuron or channel; mean L2 norm of a head's context vector, over real tokens.
-- taylor (Michel et al. 2019, "Are Sixteen Heads Really Better than One?"): E_batches |dL/d gate|.
-- fisher (Kwon et al. 2022, "A Fast Post-Training Pruning Framework for Transformers"): sum_batches (dL/d gate)^2.
+- taylor (Michel et al. 2019, "Are Sixteen Heads Really Better than One?"): mean over examples of |dL/d gate|.
+- fisher (Kwon et al. 2022, "A Fast Post-Training Pruning Framework for Transformers"): sum over examples of
+  (dL/d gate)^2, the empirical Fisher information's diagonal.
 """
 
 from __future__ import annotations
@@ -261,9 +264,6 @@ def activation(model: nn.Module, batches: list, channels: bool = False) -> Score
     return Scores(mean("heads"), mean("neurons"), comparable=False, channels=mean("channels"))
 
 
-PER_EXAMPLE = True
-
-
 def examples_in(batch: dict) -> int:
     """The batch size: the leading dimension of the model inputs."""
     for key in ("input_ids", "input_values", "input_features", "inputs_embeds"):
@@ -288,14 +288,15 @@ def _gate_gradients(model: nn.Module, batches: list, description: str, channels:
             tables = ((head_grads, masks.heads), (neuron_grads, masks.neurons), (channel_grads, masks.channels))
             for batch in _progress(batches, description):
                 batch = _to(batch, device)
-                size = examples_in(batch) if PER_EXAMPLE else None
+                size = examples_in(batch)
                 named = []
                 for table, gates in tables:
                     for name in gates:
                         # One gate per example: its gradient is that example's own, in the same backward pass.
                         # Conv channels keep one shared gate: norms over channels weight their statistics by it.
-                        if size is not None and table is not channel_grads:
-                            gates[name] = torch.ones(size, gates[name].shape[-1], device=device, requires_grad=True)
+                        if table is not channel_grads:
+                            width = gates[name].shape[-1]
+                            gates[name] = torch.ones(size, width, device=device, requires_grad=True)
                         named.append((table, name, gates[name]))
                 loss = task_loss(model, batch)
                 grads = torch.autograd.grad(loss, [gate for _, _, gate in named], allow_unused=True)

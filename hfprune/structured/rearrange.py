@@ -1,6 +1,6 @@
 """Mask rearrangement (Kwon et al. 2022, "A Fast Post-Training Pruning Framework for Transformers", section 4.2):
 within each site, keep as many units as the search chose, but pick *which* ones to minimise the second-order loss
-estimate sum_b (sum_{i removed} g_bi)^2 over per-batch gate gradients, so units whose gradients cancel can go
+estimate sum_b (sum_{i removed} g_bi)^2 over per-example gate gradients, so units whose gradients cancel can go
 together. Greedy best-swap search.
 """
 
@@ -39,7 +39,7 @@ def _best_removed_set(grads: torch.Tensor, kept: list[int]) -> list[int]:
 
 
 def rearrange(plan, scores: Scores, counts):
-    """A copy of `plan` with each site's kept set (same size) rearranged using the per-batch gradients of a
+    """A copy of `plan` with each site's kept set (same size) rearranged using the per-example gradients of a
     gradient criterion (`plan` itself is left as it is, so a caller can keep it). GQA sites, whose units are tied
     across groups, keep the search's choice."""
     plan = copy.deepcopy(plan)

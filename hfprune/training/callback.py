@@ -13,8 +13,8 @@ What is pruned, and how, is the job of one strategy picked when the callback is 
 - single weights, with `structures: [weights]` (`weights_strategy.py`): magnitude pruning on the same schedule,
   the pruned weights set back to exactly zero after every optimizer step.
 
-The callback itself runs the Trainer events, distillation and logging. With `distill` in the recipe, a frozen copy
-of the dense model teaches the pruned one (see `distill.py`).
+The callback itself runs the Trainer events, distillation and logging. Unless the recipe turns distillation off
+(`distill: {alpha: 0}`), a frozen copy of the dense model teaches the pruned one (see `distill.py`).
 
 The callback's state (gates, accumulated scores, recipe) is written into every Trainer checkpoint as
 `hfprune_callback.json`; a run resumed with `resume_from_checkpoint` picks it up and ends with the same model as
@@ -41,6 +41,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..core import prepared_adapter
 from ..errors import RecipeError
 from ..recipe import Recipe
+from ..settings import DistillSettings
 from .distill import Distiller
 from .strategy import PruningStrategy
 from .structured_strategy import StructuredPruning
@@ -61,14 +62,16 @@ class PruningCallback(TrainerCallback):
     Args:
         recipe: a `Recipe` (or dict) with a `flops` or `params` fraction target, a criterion among
             fisher/taylor/magnitude/movement (or `structures: [weights]` with `weights` settings), and a
-            `schedule` (`{type: cubic, start: 0.1, end: 0.7, every: 50}`).
+            `schedule` (default: cubic from 10 % to 70 % of training, re-pruning every 10 steps). Distillation
+            from the dense model is on by default (`distill` alpha 0.5, temperature 2); `distill: {alpha: 0}`
+            turns it off.
         seq_len: sequence length for the FLOPs budget (default: the recipe's `seq_len`, else 128); for
             encoder-decoders (Whisper) the decoder's, i.e. the mean label length in tokens.
         encoder_seq_len: encoder-decoders only: the encoder's length for the budget (default: the recipe's
             `encoder_seq_len`, else `seq_len`; Whisper's encoder always sees 1500 frames).
-        teacher: the model to distill from when the recipe has `distill` settings (default: a frozen copy of the
-            model at train begin). Pass the original model when the one being trained was already pruned, e.g.
-            one-shot by `hfprune.prune`: a copy of it would only teach what is left.
+        teacher: the model to distill from (default: a frozen copy of the model at train begin). Pass the
+            original model when the one being trained was already pruned, e.g. one-shot by `hfprune.prune`: a
+            copy of it would only teach what is left.
 
     Example:
         ```python
@@ -87,8 +90,13 @@ class PruningCallback(TrainerCallback):
         teacher: torch.nn.Module | None = None,
     ):
         self.recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
-        if teacher is not None and self.recipe.distill is None:
-            raise RecipeError("PruningCallback got a teacher, but the recipe has no `distill` settings to use it with")
+        # Distillation is on unless the recipe turns it off: on every task of the one-shot benchmark suite, pruning
+        # while fine-tuning ended closer to the dense model with the dense model as teacher than without.
+        distill = self.recipe.distill if self.recipe.distill is not None else DistillSettings()
+        self.distill: DistillSettings | None = None if distill.off else distill
+        if teacher is not None and self.distill is None:
+            raise RecipeError("PruningCallback got a teacher, but the recipe turns distillation off (distill.alpha 0 "
+                              "and distill.hidden 0)")
         self.teacher = teacher
         # Weight settings mean single weights alone (WeightPruning refuses heads/neurons beside them); the target
         # and criterion then do not apply.
@@ -147,16 +155,16 @@ class PruningCallback(TrainerCallback):
         prepared_adapter(model)
         self.strategy.resolve_schedule(args, state.max_steps)
         saved = self._saved_state(args, state)
-        if saved and saved.get("shrunk") and self.recipe.distill is not None and self.teacher is None:
+        if saved and saved.get("shrunk") and self.distill is not None and self.teacher is None:
             raise RecipeError(
                 "this checkpoint was written after schedule.shrink, so the model holds no dense copy to teach it: "
                 "pass the dense model, PruningCallback(recipe, teacher=dense)"
             )
         # A default teacher is copied before any gate or weight mask exists, so it stays the dense model.
-        if self.recipe.distill is not None:
+        if self.distill is not None:
             if self.teacher is not None:
                 self.teacher.to(next(model.parameters()).device)  # the Trainer placed the student, not the teacher
-            self.distiller = Distiller(model, self.recipe.distill, teacher=self.teacher)
+            self.distiller = Distiller(model, self.distill, teacher=self.teacher)
         self.strategy.start(model, saved)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):

@@ -39,14 +39,19 @@ class Schedule:
         return self.final + (1.0 - self.final) * (1.0 - progress) ** 3
 
 
+# Gradual pruning recovers better than one cut (Zhu & Gupta 2017; the fine-tuning benchmark); re-pruning every 10
+# steps costs a budget search each time, ~0.3 s for MiniLM.
+DEFAULT_SCHEDULE = ScheduleSettings(type="cubic", every=10)
+
+
 def _steps(value: int | float, total: int) -> int:
     return round(value * total) if isinstance(value, float) else value
 
 
 def resolve_schedule(settings: ScheduleSettings | None, final: float, total_steps: int) -> Schedule:
-    """Turn a recipe's `schedule` (None: one-shot after the first step) into steps for a run of `total_steps`.
+    """Turn a recipe's `schedule` (None: `DEFAULT_SCHEDULE`) into steps for a run of `total_steps`.
     The settings were checked when the recipe was built; what needs the run's length is checked here."""
-    settings = settings or ScheduleSettings(type="oneshot", start=1)
+    settings = settings or DEFAULT_SCHEDULE
     oneshot = settings.type == "oneshot"
     start = _steps(settings.start if settings.start is not None else (1 if oneshot else 0.1), total_steps)
     end = _steps(settings.end if settings.end is not None else (start if oneshot else 0.7), total_steps)
