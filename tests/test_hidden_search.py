@@ -27,8 +27,8 @@ def _logits(model, batch):
 
 def _recipe(target: dict, **fields) -> hfprune.Recipe:
     # Magnitude without tuning keeps these tests quick; the search itself does not depend on the criterion.
-    settings = {"structures": STRUCTURES, "criterion": "magnitude", "tune": False, "round_hidden": 8,
-                "round_neurons": 1, **fields}
+    settings = {"structures": STRUCTURES, "criterion": "magnitude", "tune": False, "reconstruct": False,
+                "round_hidden": 8, "round_neurons": 1, **fields}
     return hfprune.Recipe(target=target, **settings)
 
 

@@ -51,7 +51,8 @@ def test_params_target_and_counts_target():
     report = hfprune.prune(model, {"target": {"params": 0.8}, "criterion": "fisher"}, calibration("bert"))
     assert report.params_kept <= 0.8
     model = build("bert")
-    report = hfprune.prune(model, {"target": {"heads": 5}, "criterion": "magnitude", "tune": False})
+    report = hfprune.prune(model, {"target": {"heads": 5}, "criterion": "magnitude", "tune": False,
+                                   "reconstruct": False})
     assert report.after.sites["encoder.0.attention"].units + report.after.sites["encoder.1.attention"].units == 5
 
 
@@ -108,7 +109,7 @@ def test_search_prefers_important_units_and_report_reads():
             assert scores.neurons[name][kept].min() >= scores.neurons[name][dropped].max()
     report = hfprune.prune(model, hfprune.Recipe(target={"flops": 0.5}), calibration("bert"))
     text = str(report)
-    assert "encoder.1.ffn" in text and "mask tuning" in text and "GFLOPs" in text
+    assert "encoder.1.ffn" in text and "weight reconstruction" in text and "GFLOPs" in text
 
 
 def test_layers_structure_removes_least_important_blocks():
@@ -330,7 +331,8 @@ def test_nonembedding_params_target_leaves_the_vocabulary_out():
     assert counts.embedding_params == vocabulary
     tied = build("llama", tie_word_embeddings=True)
     assert hfprune.count(tied).embedding_params == tied.get_input_embeddings().weight.numel()
-    recipe = hfprune.Recipe(target={"nonembedding_params": 0.6}, criterion="magnitude", tune=False, round_neurons=1)
+    recipe = hfprune.Recipe(target={"nonembedding_params": 0.6}, criterion="magnitude", tune=False, reconstruct=False,
+                            round_neurons=1)
     report = hfprune.prune(model, recipe, calibration=calibration("llama"))
     kept = report.after.nonembedding_params / report.before.nonembedding_params
     assert 0.5 < kept <= 0.6 + 1e-9
@@ -349,7 +351,7 @@ def test_layers_heads_and_neurons_in_one_budget_drop_an_idle_layer_and_prune_the
         model.model.layers[2].mlp.down_proj.weight.mul_(1e-4)
     batches = calibration("llama")
     recipe = hfprune.Recipe(target={"nonembedding_params": 0.7}, structures=["layers", "heads", "neurons"],
-                            round_neurons=1, tune=False, rearrange=False)
+                            round_neurons=1, tune=False, reconstruct=False, rearrange=False)
     report = hfprune.prune(model, recipe, calibration=batches)
     assert report.depth_search[1] <= report.depth_search[0]
     assert len(model.model.layers) == model.config.num_hidden_layers == 4
@@ -387,7 +389,7 @@ def test_add_bias_fits_an_offset_that_reloads_with_plain_from_pretrained(tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batches[0]).logits, model(**batches[0]).logits)
     with pytest.raises(hfprune.RecipeError, match="set reconstruct: true"):
-        hfprune.Recipe(add_bias=True)
+        hfprune.Recipe(add_bias=True, reconstruct=False)
     with pytest.raises(hfprune.PruningSpecError, match="cannot give its projections a bias"):
         hfprune.prune(build("mistral"), recipe, calibration=batches)
 
@@ -416,7 +418,7 @@ def test_a_rearrangement_that_the_probe_finds_worse_is_undone(monkeypatch):
     monkeypatch.setattr(driver, "agreement", agreement)
     monkeypatch.setattr(driver, "rearrange", worst)
     expected = copy.deepcopy(model)
-    recipe = hfprune.Recipe(target={"heads": 4}, criterion="fisher", tune=False)
+    recipe = hfprune.Recipe(target={"heads": 4}, criterion="fisher", tune=False, reconstruct=False)
     report = hfprune.prune(model, recipe, calibration=batches)
     assert "rearrangement (undone)" in report.quality and "rearrangement" not in report.quality
     plain = hfprune.prune(expected, dataclasses.replace(recipe, rearrange=False), calibration=batches)

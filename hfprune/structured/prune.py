@@ -111,8 +111,11 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
         needed_by = "layer pruning (block importance)"
     elif structured and recipe.criterion in NEEDS_DATA:
         needed_by = f"criterion {recipe.criterion!r}"
+    elif structured and recipe.reconstruct:
+        needed_by = ("weight reconstruction (`reconstruct`, on by default; with `reconstruct: false, tune: false` "
+                     "no data is needed)")
     elif structured and recipe.tune:
-        needed_by = "mask tuning"
+        needed_by = "mask tuning (`tune`; `tune: false` needs no data)"
     if needed_by is None and weights is not None and WEIGHT_CRITERIA[weights.criterion].statistic:
         needed_by = f"weights criterion {weights.criterion!r}"
     batches = _limit(check_calibration(calibration, needed_by), recipe.num_samples)
