@@ -72,7 +72,7 @@ def run(name: str, output_dir: str | Path, batch: int, steps: int = 10, accumula
     recipe = hfprune.Recipe(
         target={"flops": 0.5}, criterion=criterion, round_neurons=4,
         schedule={"type": "cubic", "start": 2, "end": 8, "every": 2},
-        distill={"alpha": 0.5, "temperature": 2.0} if distill else None,
+        distill={"alpha": 0.5, "temperature": 2.0} if distill else {"alpha": 0.0},
     )
     callback = hfprune.PruningCallback(recipe, seq_len=10)
     args = transformers.TrainingArguments(

@@ -242,20 +242,24 @@ def test_resume_from_checkpoint_ends_with_the_same_model(tmp_path):
     recipe = hfprune.Recipe(target={"flops": 0.5}, round_neurons=4,
                             schedule={"type": "cubic", "start": 2, "end": 10, "every": 2})
 
-    def run(output_dir, extra=(), resume=False, recipe=recipe):
+    def run(output_dir, extra=(), resume=False, recipe=recipe, teacher=True):
         model = build("bert")
         args = transformers.TrainingArguments(
             output_dir=str(output_dir), max_steps=12, per_device_train_batch_size=8, learning_rate=1e-3,
             save_strategy="steps", save_steps=6, report_to=[], use_cpu=True, seed=0,
         )
+        # The default distillation needs the dense model passed in to resume: build("bert") is that model.
+        callback = hfprune.PruningCallback(recipe, seq_len=10, teacher=build("bert") if teacher else None)
         trainer = transformers.Trainer(model=model, args=args, train_dataset=RandomTopics(),
-                                       callbacks=[hfprune.PruningCallback(recipe, seq_len=10), *extra])
+                                       callbacks=[callback, *extra])
         trainer.train(resume_from_checkpoint=resume or None)
         return model
 
     uninterrupted = run(tmp_path / "a")
     run(tmp_path / "b", extra=[StopAt(6)])
     assert (tmp_path / "b" / "checkpoint-6" / "hfprune_callback.json").exists()
+    with pytest.raises(hfprune.RecipeError, match="resuming from a checkpoint with distillation needs the dense"):
+        run(tmp_path / "b", resume=True, teacher=False)
     resumed = run(tmp_path / "b", resume=True)
     assert hfprune.sites(resumed) == hfprune.sites(uninterrupted)
     expected = uninterrupted.state_dict()
@@ -492,11 +496,12 @@ def test_distillation_without_a_copyable_teacher_fails_at_train_begin(tmp_path):
 
 
 def _shrink_run(output_dir, shrink=None, steps=12, save_steps=None, resume=False, model=None, teacher=None,
-                extra=(), distill=None):
+                extra=(), distill=None):  # distill None: off here, these tests are about the shrink
     """Gradual pruning to half the FLOPs over steps 2..6 of a dropout-free tiny BERT (dropout would draw different
     random numbers once the shapes change), shrunk at `shrink` or at train end."""
     schedule = {"type": "cubic", "start": 2, "end": 6, "every": 2, **({"shrink": shrink} if shrink else {})}
-    recipe = hfprune.Recipe(target={"flops": 0.5}, round_neurons=4, schedule=schedule, distill=distill)
+    recipe = hfprune.Recipe(target={"flops": 0.5}, round_neurons=4, schedule=schedule,
+                            distill=distill if distill is not None else {"alpha": 0.0})
     model = model if model is not None else build("bert", **NO_DROPOUT["bert"])
     args = transformers.TrainingArguments(
         output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=8, learning_rate=1e-3,
@@ -546,7 +551,7 @@ def test_resume_after_the_shrink(tmp_path):
     checkpoint = tmp_path / "b" / "checkpoint-8"
     # The checkpoint holds the small model, so the run resumes from a model loaded from it; the dense teacher
     # is no longer inside that model and must be passed.
-    with pytest.raises(hfprune.RecipeError, match=r"written after schedule.shrink.*teacher=dense"):
+    with pytest.raises(hfprune.RecipeError, match=r"resuming .* with distillation.*shrunk.*teacher=dense"):
         _shrink_run(tmp_path / "b", shrink=6, save_steps=8, resume=True, distill={"alpha": 0.5},
                     model=hfprune.from_pretrained(checkpoint))
     resumed, _ = _shrink_run(tmp_path / "b", shrink=6, save_steps=8, resume=True, distill={"alpha": 0.5},

@@ -155,10 +155,13 @@ class PruningCallback(TrainerCallback):
         prepared_adapter(model)
         self.strategy.resolve_schedule(args, state.max_steps)
         saved = self._saved_state(args, state)
-        if saved and saved.get("shrunk") and self.distill is not None and self.teacher is None:
+        if saved and self.distill is not None and self.teacher is None:
+            # The Trainer has loaded the checkpoint's weights by now: a copy of them would teach the partly pruned
+            # student, not the dense model, and the run would silently differ from an uninterrupted one.
             raise RecipeError(
-                "this checkpoint was written after schedule.shrink, so the model holds no dense copy to teach it: "
-                "pass the dense model, PruningCallback(recipe, teacher=dense)"
+                "resuming from a checkpoint with distillation needs the dense model as teacher (the model now holds "
+                f"the checkpoint's {'shrunk' if saved.get('shrunk') else 'partly pruned'} weights): pass "
+                "PruningCallback(recipe, teacher=dense), or set distill: {alpha: 0} to train without one"
             )
         # A default teacher is copied before any gate or weight mask exists, so it stays the dense model.
         if self.distill is not None:
