@@ -116,8 +116,9 @@ class Recipe:
         "Weight reconstruction: per layer, a ridge-regression refit of the output projection's weights and bias "
         "on the kept heads/neurons so each layer's output matches the dense model's (ZipLM-style layer-wise "
         "reconstruction; more freedom than `tune`, which it replaces). Needs calibration data (no labels). On the "
-        "three-task benchmark (scripts/benchmarks/bench.py) it beat mask tuning on every task, before and after "
-        "a recovery epoch.",
+        "three-task benchmark (scripts/benchmarks/bench.py), without retraining, it kept 1.4 points more accuracy "
+        "than mask tuning at 60% FLOPs and 5.5 more at 40% (means over tasks and draws); after a recovery epoch "
+        "the two were within 0.4 points.",
         True,
     )
     add_bias: bool = _help(
