@@ -395,7 +395,7 @@ def test_callback_keeps_zeros_through_training_and_reload(tmp_path):
 
 def test_callback_resume_ends_with_the_same_zeros(tmp_path):
     recipe = hfprune.Recipe(structures=["weights"], weights={"sparsity": 0.5, "scope": "global"},
-                            schedule={"type": "cubic", "start": 2, "end": 10, "every": 2})
+                            schedule={"type": "cubic", "start": 2, "end": 10, "every": 2}, distill={"alpha": 0.0})
 
     def run(output_dir, extra=(), resume=False):
         model = build("bert")

@@ -6,10 +6,11 @@ linear decay from `--lr`) and `hfprune.PruningCallback(Recipe(target={"flops": f
 
 - `defaults`: nothing but the target, i.e. the library's defaults (a cubic schedule from 10 % to 70 % of
   training re-pruning every 10 steps, distillation from a frozen copy of the dense model);
-- `one-shot, no teacher`: the defaults before this benchmark: one cut after the first step, no distillation
+- `one-shot without teacher`: the defaults before this benchmark: one cut after the first step, no distillation
   (`schedule: {type: oneshot, start: 1}`, `distill: {alpha: 0}`).
 
 Reports test accuracy against the dense model's and the training time; writes `bench_out/bench_callback.{md,json}`.
+Finished runs are kept in `bench_out/bench_callback.partial.json` and not repeated (delete it to start afresh).
 
 Run from the repository root (about 25 minutes on 2 cores):
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import os
 import time
@@ -37,7 +39,7 @@ from scripts.benchmarks.report import run_header, write_report  # noqa: E402
 
 VARIANTS = {
     "defaults": {},
-    "one-shot, no teacher": {"schedule": {"type": "oneshot", "start": 1}, "distill": {"alpha": 0.0}},
+    "one-shot without teacher": {"schedule": {"type": "oneshot", "start": 1}, "distill": {"alpha": 0.0}},
 }
 
 
@@ -76,7 +78,8 @@ def train_with_callback(model, tokenizer, data, recipe, seq_len: int, args) -> f
 def main(argv=None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
-    rows = []
+    partial = Path(args.out_dir) / "bench_callback.partial.json"
+    rows = json.loads(partial.read_text()) if partial.exists() else []
     for task in args.tasks.split(","):
         model_dir = fortunes.finetune(f"out/minilm-{task}", epochs=3, task=task)
         data = tasks.load_task(task)
@@ -85,13 +88,17 @@ def main(argv=None) -> None:
         seq_len = mean_test_length(data, tokenizer)
         dense_accuracy = fortunes.evaluate_accuracy(dense, data["test"], tokenizer)
         for variant in args.variants.split(","):
+            if any(r["task"] == task and r["variant"] == variant and r["fraction"] == args.fraction for r in rows):
+                continue
             model = copy.deepcopy(dense)
             recipe = hfprune.Recipe(target={"flops": args.fraction}, **VARIANTS[variant])
             seconds = train_with_callback(model, tokenizer, data, recipe, seq_len, args)
             accuracy = fortunes.evaluate_accuracy(model, data["test"], tokenizer)
             flops = hfprune.count(model, seq_len=seq_len).flops / hfprune.count(dense, seq_len=seq_len).flops
-            rows.append({"task": task, "variant": variant, "dense": dense_accuracy, "accuracy": accuracy,
-                         "flops_kept": flops, "train_s": seconds})
+            rows.append({"task": task, "variant": variant, "fraction": args.fraction, "dense": dense_accuracy,
+                         "accuracy": accuracy, "flops_kept": flops, "train_s": seconds})
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(rows, indent=1))
             print(f"{task} {variant}: {accuracy:.4f} (dense {dense_accuracy:.4f}), FLOPs {flops:.3f}, {seconds:.0f} s",
                   flush=True)
     lines = [run_header(__file__, start), "",
@@ -100,11 +107,12 @@ def main(argv=None) -> None:
              "| task | dense | " + " | ".join(args.variants.split(",")) + " |",
              "|---|--:|" + "--:|" * len(args.variants.split(","))]
     for task in args.tasks.split(","):
-        mine = {r["variant"]: r for r in rows if r["task"] == task}
+        mine = {r["variant"]: r for r in rows if r["task"] == task and r["fraction"] == args.fraction}
         cells = " | ".join(f"{r['accuracy'] * 100:.1f} ({(r['accuracy'] - r['dense']) * 100:+.1f}), "
                            f"{r['train_s']:.0f} s" for r in mine.values())
         lines.append(f"| {task} | {next(iter(mine.values()))['dense'] * 100:.1f} | {cells} |")
-    gaps = [(r["dense"] - r["accuracy"]) * 100 for r in rows if r["variant"] == "defaults"]
+    gaps = [(r["dense"] - r["accuracy"]) * 100 for r in rows if r["variant"] == "defaults"
+            and r["fraction"] == args.fraction and r["task"] in args.tasks.split(",")]
     if gaps:
         lines += ["", f"- defaults within 2 points of dense on every task: worst {max(gaps):.1f} points below -> "
                   f"{'PASS' if max(gaps) <= 2 else 'FAIL'}"]
