@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 
 import hfprune
-from scripts.benchmarks.peer_torch_pruning import _attention_modules, _layers, _plan, _random_batches
+from scripts.benchmarks.peer_torch_pruning import _attention_modules, _layers, _plan, smoke_setup
 
 
 def _import_textpruner():
@@ -208,20 +208,8 @@ def _check_against_masked(dense: nn.Module, pruned: nn.Module, result: dict, bat
 def main() -> None:
     import copy
 
-    import transformers
 
-    torch.manual_seed(0)
-    config = transformers.BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                                     intermediate_size=1536, num_labels=8)
-    dense = transformers.BertForSequenceClassification(config).eval()
-    with torch.no_grad():  # random init leaves biases at zero; make them non-zero so slicing errors show
-        for name, p in dense.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0, 0.1)
-    seq_len = 128
-    calibration = _random_batches(config.vocab_size, config.num_labels, batches=4, batch_size=8, seq_len=seq_len)
-    held_out = _random_batches(config.vocab_size, config.num_labels, batches=1, batch_size=4, seq_len=seq_len,
-                               seed=1)[0]
+    config, dense, calibration, held_out, seq_len = smoke_setup()
     print(f"dense: {hfprune.count(dense, seq_len=seq_len).flops / 1e9:.3f} GFLOPs (attention + FFN, seq {seq_len})")
     print(f"{'target':>8}{'achieved':>10}{'heads':>7}{'neurons':>9}{'params':>12}{'wall s':>8}{'prune':>7}"
           f"{'remove':>8}{'max|Δ|':>10}")

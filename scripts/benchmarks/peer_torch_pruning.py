@@ -289,9 +289,9 @@ def _check_against_masked(dense: nn.Module, pruned: nn.Module, result: dict, bat
     return (masked(**inputs).logits - pruned.eval()(**inputs).logits).abs().max().item()
 
 
-def main() -> None:
-    import copy
-
+def smoke_setup(seq_len: int = 128):
+    """The smoke runs' model and data: a randomly initialised MiniLM-shaped BERT classifier (non-zero biases, so
+    slicing errors show), 4 calibration batches of 8 and a held-out batch of 4 random token sequences."""
     import transformers
 
     torch.manual_seed(0)
@@ -302,10 +302,17 @@ def main() -> None:
         for name, p in dense.named_parameters():
             if name.endswith("bias"):
                 p.normal_(0, 0.1)
-    seq_len = 128
     calibration = _random_batches(config.vocab_size, config.num_labels, batches=4, batch_size=8, seq_len=seq_len)
     held_out = _random_batches(config.vocab_size, config.num_labels, batches=1, batch_size=4, seq_len=seq_len,
                                seed=1)[0]
+    return config, dense, calibration, held_out, seq_len
+
+
+def main() -> None:
+    import copy
+
+
+    config, dense, calibration, held_out, seq_len = smoke_setup()
     print(f"dense: {hfprune.count(dense, seq_len=seq_len).flops / 1e9:.3f} GFLOPs (attention + FFN, seq {seq_len})")
     print(f"{'criterion':<10}{'target':>8}{'achieved':>10}{'heads':>7}{'neurons':>9}{'params':>12}"
           f"{'wall s':>8}{'trace':>7}{'grad':>7}{'prune':>7}{'max|Δ|':>10}")
