@@ -16,6 +16,7 @@ pytest.importorskip("textpruner")
 
 import hfprune  # noqa: E402
 from scripts.benchmarks import peer_textpruner as peer  # noqa: E402
+from scripts.benchmarks import peer_torch_pruning  # noqa: E402
 
 SEQ_LEN = 16
 
@@ -45,7 +46,7 @@ def dense():
 
 @pytest.fixture(scope="module")
 def calibration():
-    return peer._random_batches(vocab=99, num_labels=3, batches=2, batch_size=4, seq_len=SEQ_LEN)
+    return peer_torch_pruning._random_batches(vocab=99, num_labels=3, batches=2, batch_size=4, seq_len=SEQ_LEN)
 
 
 def test_prunes_to_half_the_flops(dense, calibration):
