@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 
 import hfprune
-from scripts.benchmarks.peer_torch_pruning import _attention_modules, _layers, _plan, smoke_setup
+from scripts.benchmarks.peer_torch_pruning import _attention_modules, _layers, _plan, size_summary, smoke_setup
 
 
 def _import_textpruner():
@@ -170,12 +170,7 @@ def prune_with_textpruner(model: nn.Module, flops_fraction: float, calibration: 
     end = time.perf_counter()
     return {
         "n_iters": n_iters,
-        "target_flops_fraction": flops_fraction,
-        "flops_fraction": counts.flops / dense.flops,
-        "flops": counts.flops,
-        "dense_flops": dense.flops,
-        "params": counts.params,
-        "dense_params": dense.params,
+        **size_summary(flops_fraction, counts, dense),
         "wall_s": end - start,
         "prune_s": masked - start,
         "remove_s": removed - masked,

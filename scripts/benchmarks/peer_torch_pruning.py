@@ -61,6 +61,12 @@ def _plan(dense: hfprune.ModelCount, num_layers: int, heads: int, neurons: int, 
     return kept_heads, min(neurons, max(1, kept_neurons))
 
 
+def size_summary(target: float, counts: hfprune.ModelCount, dense: hfprune.ModelCount) -> dict:
+    """The FLOPs and parameters a peer's pruned model reached, next to the target and the dense model's."""
+    return {"target_flops_fraction": target, "flops_fraction": counts.flops / dense.flops, "flops": counts.flops,
+            "dense_flops": dense.flops, "params": counts.params, "dense_params": dense.params}
+
+
 def _head_ratio(heads: int, keep: int) -> float:
     # Torch-Pruning removes ceil(ratio * heads) heads per layer: ratio 1 - 0.7 removes ceil(3.6) = 4 of 12, and
     # the naive 1 - 11/12 removes ceil(1.0000000000000004) = 2. Aim between two integers so rounding can't bite.
@@ -233,12 +239,7 @@ def prune_with_torch_pruning(model: nn.Module, flops_fraction: float, criterion:
     end = time.perf_counter()
     return {
         "criterion": criterion,
-        "target_flops_fraction": flops_fraction,
-        "flops_fraction": counts.flops / dense.flops,
-        "flops": counts.flops,
-        "dense_flops": dense.flops,
-        "params": counts.params,
-        "dense_params": dense.params,
+        **size_summary(flops_fraction, counts, dense),
         "wall_s": end - start,
         "trace_s": traced - start,
         "gradient_s": gradients - traced,
