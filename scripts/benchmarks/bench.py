@@ -16,8 +16,8 @@ a fraction of its attention + FFN FLOPs (at the task's mean test length), withou
 For every task, calibration size (`--sizes`, labelled examples from the train split) and calibration draw
 (`--draws` seeds), it reports test accuracy without retraining; for the first `--recovery-draws` draws of the
 largest size also the accuracy after `--recovery-epochs` of fine-tuning (the same loop and learning rate as the
-dense model's); for the first draw the measured CPU speedup over the dense model (every model of a task timed round-robin in one loop, batches of
-`--latency-batch-size` test texts). For the accuracy-vs-speed comparison, every method also prunes to
+dense model's); for the first draw the measured CPU speedup over the dense model (every model of a task timed
+round-robin in one loop, batches of `--latency-batch-size` test texts). For the accuracy-vs-speed comparison, every method also prunes to
 `--speed-fractions`, and hfprune prunes to a measured-latency target (`target: latency`) for each of
 `--speedups`; each method's accuracy at those speedups is interpolated along its measured points.
 
