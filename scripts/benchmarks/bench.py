@@ -17,9 +17,10 @@ For every task, calibration size (`--sizes`, labelled examples from the train sp
 (`--draws` seeds), it reports test accuracy without retraining; for the first `--recovery-draws` draws of the
 largest size also the accuracy after `--recovery-epochs` of fine-tuning (the same loop and learning rate as the
 dense model's); for the first draw the measured CPU speedup over the dense model (every model of a task timed
-round-robin in one loop, batches of `--latency-batch-size` test texts). For the accuracy-vs-speed comparison, every method also prunes to
-`--speed-fractions`, and hfprune prunes to a measured-latency target (`target: latency`) for each of
-`--speedups`; each method's accuracy at those speedups is interpolated along its measured points.
+round-robin in one loop, batches of `--latency-batch-size` test texts). For the accuracy-vs-speed comparison,
+every method also prunes to `--speed-fractions`, and hfprune prunes to a measured-latency target
+(`target: latency`) for each of `--speedups`; each method's accuracy at those speedups is interpolated along its
+measured points.
 
 Writes `bench_out/bench.md`, `.json` and `.png` (accuracy vs measured speedup, one panel per task). Results of
 finished tasks are kept in `bench_out/bench.partial.json`, so an interrupted run resumes (`--resume`).
