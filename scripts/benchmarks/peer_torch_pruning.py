@@ -309,9 +309,23 @@ def smoke_setup(seq_len: int = 128):
     return config, dense, calibration, held_out, seq_len
 
 
+def smoke_check(dense, model, result: dict, held_out: dict, fraction: float, against_masked) -> float:
+    """What every smoke run asserts of a peer's pruned model: modes and gradients restored, finite logits, the
+    outputs of the dense model with the removed units zeroed (`against_masked` returns the largest difference,
+    which is returned), the FLOPs target met."""
+    assert not model.training
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in held_out.items() if k != "labels"}).logits
+    assert logits.shape == (len(held_out["input_ids"]), dense.config.num_labels) and torch.isfinite(logits).all()
+    error = against_masked(dense, model, result, held_out)
+    assert error < 1e-4, error
+    assert math.isclose(result["flops_fraction"], fraction, abs_tol=0.01), result["flops_fraction"]
+    return error
+
+
 def main() -> None:
     import copy
-
 
     config, dense, calibration, held_out, seq_len = smoke_setup()
     print(f"dense: {hfprune.count(dense, seq_len=seq_len).flops / 1e9:.3f} GFLOPs (attention + FFN, seq {seq_len})")
@@ -321,14 +335,7 @@ def main() -> None:
         for fraction in (0.7, 0.5, 0.4):
             model = copy.deepcopy(dense)
             result = prune_with_torch_pruning(model, fraction, criterion, calibration, seq_len)
-            assert not model.training
-            assert all(p.grad is None and p.requires_grad for p in model.parameters())
-            with torch.no_grad():
-                logits = model(**{k: v for k, v in held_out.items() if k != "labels"}).logits
-            assert logits.shape == (4, config.num_labels) and torch.isfinite(logits).all()
-            error = _check_against_masked(dense, model, result, held_out)
-            assert error < 1e-4, error
-            assert math.isclose(result["flops_fraction"], fraction, abs_tol=0.01), result["flops_fraction"]
+            error = smoke_check(dense, model, result, held_out, fraction, _check_against_masked)
             print(f"{criterion:<10}{fraction:>8.2f}{result['flops_fraction']:>10.4f}{result['heads'][0]:>7}"
                   f"{result['neurons'][0]:>9}{result['params']:>12,}{result['wall_s']:>8.2f}"
                   f"{result['trace_s']:>7.2f}{result['gradient_s']:>7.2f}{result['prune_s']:>7.2f}{error:>10.1e}")
