@@ -18,7 +18,7 @@ from .arch import (
 )
 from .calibration.audio import audio_batches
 from .calibration.data import load_dataset, text_batches
-from .checkpoint import from_pretrained, save_pretrained
+from .checkpoint import ExportError, export_gguf, from_pretrained, save_pretrained
 from .core.hidden import remove_hidden_channels
 from .core.masks import SoftMasks
 from .core.surgery import remove_channels, remove_heads, remove_layers, remove_neurons, sites
@@ -60,6 +60,7 @@ __all__ = [
     "DataError",
     "DistillSettings",
     "Distiller",
+    "ExportError",
     "FfnSpec",
     "HfpruneError",
     "HiddenSpec",
@@ -82,6 +83,7 @@ __all__ = [
     "audio_batches",
     "count",
     "dummy_inputs",
+    "export_gguf",
     "from_pretrained",
     "load_dataset",
     "measure_latency",
