@@ -11,6 +11,7 @@ num_samples: 512
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -128,7 +129,12 @@ class Recipe:
         "result still loads with plain `from_pretrained`. Refused for families whose config cannot say it.",
         False,
     )
-    sites: list | None = _help("Prune only sites whose name starts with one of these (e.g. [encoder]).", None)
+    sites: list | None = _help(
+        "Prune only these sites: names or name prefixes (e.g. [encoder]), or shell patterns "
+        "(e.g. ['decoder.*.ffn'], see `hfprune.sites(model)` for the names). With `layers`: stack names or layer "
+        "names (`decoder`, `decoder.2`).",
+        None,
+    )
     distill: DistillSettings | None = _help(
         "PruningCallback only: distil from the dense model, {alpha: 0.5, temperature: 2.0, hidden: 0.0} "
         "(weight of the KL term, softmax temperature, weight of hidden-state MSE). Default: those values, a frozen "
@@ -149,6 +155,13 @@ class Recipe:
         "re-pruning every 10 steps.",
         None,
     )
+
+    def selects(self, name: str) -> bool:
+        """Whether `sites` lets the site (or layer) `name` be pruned: all do when `sites` is not given."""
+        if self.sites is None:
+            return True
+        return any(fnmatch.fnmatchcase(name, p) if any(c in p for c in "*?[") else name.startswith(p)
+                   for p in self.sites)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Nested settings are typed whichever way they arrive: built, loaded, `replace`d or assigned later.

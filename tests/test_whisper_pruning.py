@@ -299,3 +299,40 @@ def test_pruning_while_fine_tuning_with_a_teacher(tmp_path):
     reloaded = hfprune.from_pretrained(tmp_path / "saved")
     again, again_logits = generated(reloaded, features)
     assert torch.equal(tokens, again) and torch.allclose(logits, again_logits, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------- which structures
+
+
+def test_sites_patterns_prune_only_the_structure_they_name():
+    model = build("whisper")
+    before = {n: s.units for n, s in hfprune.count(model, seq_len=8, encoder_seq_len=16).sites.items()}
+    total = sum(u for n, u in before.items() if n.startswith("decoder.") and n.endswith(".ffn"))
+    recipe = hfprune.Recipe(target={"neurons": total // 2}, structures=["neurons"], sites=["decoder.*.ffn"],
+                            round_neurons=1, reconstruct=False, tune=False, rearrange=False)
+    hfprune.prune(model, recipe, calibration=audio())
+    after = {n: s.units for n, s in hfprune.count(model, seq_len=8, encoder_seq_len=16).sites.items()}
+    changed = {n for n in before if after[n] != before[n]}
+    assert changed and all(n.startswith("decoder.") and n.endswith(".ffn") for n in changed)
+    assert sum(u for n, u in after.items() if n.startswith("decoder.") and n.endswith(".ffn")) == total // 2
+    assert recipe.selects("decoder.3.ffn") and not recipe.selects("encoder.0.ffn")
+    assert hfprune.Recipe(sites=["encoder"]).selects("encoder.1.attention"), "a plain name is still a prefix"
+
+
+def test_layer_pruning_keeps_to_the_stacks_named_in_sites():
+    model = build("whisper")
+    layers = model.config.decoder_layers
+    recipe = hfprune.Recipe(target={"flops": 0.95}, structures=["layers"], sites=["decoder"])
+    hfprune.prune(model, recipe, calibration=audio())
+    assert model.config.encoder_layers == build("whisper").config.encoder_layers
+    assert model.config.decoder_layers < layers
+    with pytest.raises(hfprune.RecipeError, match=r"removing whole layers of \['decoder'\]: every stack keeps"):
+        hfprune.prune(build("whisper"), hfprune.Recipe(target={"flops": 0.3}, structures=["layers"],
+                                                       sites=["decoder"]), calibration=audio())
+
+
+def test_a_budget_that_removes_every_cross_attention_head_is_refused():
+    recipe = hfprune.Recipe(target={"heads": 0}, structures=["heads"], sites=["decoder.*.cross_attention"],
+                            reconstruct=False, tune=False, rearrange=False)
+    with pytest.raises(hfprune.RecipeError, match="every cross-attention head"):
+        hfprune.prune(build("whisper"), recipe, calibration=audio())

@@ -40,7 +40,8 @@ def prune_layers(model: nn.Module, recipe: Recipe, batches: list, before: ModelC
 def choose_layers(importance: dict[str, float], before: ModelCount, recipe: Recipe) -> list[str]:
     """The layers to remove (`"<stack>.<index>"`), least important first, until what is left fits the budget.
 
-    Every stack keeps at least one layer, so a target that only emptying a stack would meet is refused.
+    Only layers that `recipe.sites` selects are candidates (`sites: [decoder]` thins the decoder alone). Every
+    stack keeps at least one layer, so a target that only emptying a stack would meet is refused.
     """
     metric = recipe.target.metric
     layer_cost = {}
@@ -53,6 +54,8 @@ def choose_layers(importance: dict[str, float], before: ModelCount, recipe: Reci
     for layer in sorted(importance, key=importance.get):
         if spent <= budget:
             break
+        if not recipe.selects(layer):
+            continue
         stack = layer.split(".")[0]
         in_stack = [name for name in importance if name.startswith(stack + ".")]
         if len(in_stack) - sum(r in in_stack for r in removed) <= 1:
@@ -60,7 +63,9 @@ def choose_layers(importance: dict[str, float], before: ModelCount, recipe: Reci
         removed.append(layer)
         spent -= layer_cost[layer]
     if spent > budget:
-        raise RecipeError(f"target.{metric}={recipe.target.get(metric)} cannot be met by removing whole layers")
+        limited = f" of {recipe.sites}" if recipe.sites is not None else ""
+        raise RecipeError(f"target.{metric}={recipe.target.get(metric)} cannot be met by removing whole layers"
+                          f"{limited}: every stack keeps at least one layer")
     return removed
 
 

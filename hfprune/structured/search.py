@@ -168,7 +168,7 @@ def search(counts: ModelCount, scores: Scores, recipe: Recipe) -> Plan:
         for name, site in counts.sites.items()
         if site.units > 0
         and STRUCTURE_OF_KIND[site.kind] in recipe.structures
-        and (recipe.sites is None or any(name.startswith(prefix) for prefix in recipe.sites))
+        and recipe.selects(name)
     }
     minimums = {"neurons": recipe.min_neurons, "channels": recipe.min_channels}
     unit_scores = {"neurons": scores.neurons, "channels": scores.channels}
@@ -210,6 +210,7 @@ def search(counts: ModelCount, scores: Scores, recipe: Recipe) -> Plan:
         kept_units = forced[name] + [u for k in chosen for u in chosen[k] if u.site == name]
         members = sorted(m for u in kept_units for m in u.members)
         plan.tables()[STRUCTURE_OF_KIND[counts.sites[name].kind]][name] = members
+    _check_cross_attention(plan, counts, recipe)
     for kind, step, minimum in (
         ("neurons", recipe.round_neurons, recipe.min_neurons),
         ("channels", recipe.round_channels, recipe.min_channels),
@@ -217,6 +218,18 @@ def search(counts: ModelCount, scores: Scores, recipe: Recipe) -> Plan:
         if step > 1 and kind in recipe.structures:
             _round(plan, kind, unit_scores[kind], step, minimum, counts, recipe, metric)
     return plan
+
+
+def _check_cross_attention(plan: Plan, counts: ModelCount, recipe: Recipe) -> None:
+    """Refuse a plan that removes every cross-attention head of an encoder-decoder: its decoder could no longer
+    see the encoder's output (a speech model would transcribe nothing it hears)."""
+    cross = [n for n, s in counts.sites.items() if s.kind == "cross_attention" and s.units > 0]
+    if cross and all(n in plan.heads and not plan.heads[n] for n in cross):
+        raise RecipeError(
+            f"target {recipe.target.to_dict()} would remove every cross-attention head ({len(cross)} sites): the "
+            "decoder could no longer see the encoder. Set min_heads >= 1, a larger target, or leave "
+            "cross-attention out of `sites`"
+        )
 
 
 def _check_finite(scores: Scores, eligible: set) -> None:
