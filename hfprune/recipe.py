@@ -37,7 +37,8 @@ class Recipe:
         "Budget. One fraction to keep, of the prunable FLOPs (`flops`, attention + FFN at the calibration data's "
         "mean length; for encoder-decoders, encoder + decoder per utterance; plus the conv feature encoder and "
         "feature projection when `channels` are pruned), of all parameters (`params`), or of the forward pass's "
-        "measured time on this machine (`latency`, at `latency_batch_size`; one-shot `prune` only), in (0, 1]; "
+        "measured time on this machine (`latency`, at `latency_batch_size`; one-shot `prune` only; encoder-decoders "
+        "are timed in `generate()`, decoding `seq_len` tokens), in (0, 1]; "
         "or absolute kept counts `heads` and/or `neurons` over the whole model. See `hfprune.settings.Target`.",
         default_factory=lambda: Target(flops=0.6),
     )

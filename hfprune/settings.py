@@ -91,8 +91,8 @@ class Target(_Settings):
         None,
     )
     latency: float | None = help_field(
-        "Fraction of the forward pass's measured time on this machine to keep (at `latency_batch_size`; one-shot "
-        "`prune` only).",
+        "Fraction of the measured time on this machine to keep (at `latency_batch_size`; one-shot `prune` only): "
+        "of a forward pass, or for encoder-decoders (Whisper) of a greedy `generate()` decoding `seq_len` tokens.",
         None,
     )
     heads: int | None = help_field("Attention heads to keep over the whole model (a count).", None)

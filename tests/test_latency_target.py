@@ -61,7 +61,8 @@ def test_profile_prices_every_structure_and_leaves_the_model_alone(family, struc
     state = {k: v.clone() for k, v in model.state_dict().items()}
     counts = hfprune.count(model, seq_len=8, conv="channels" in structures)
     profile = profile_latency(model, counts, structures, batch_size=2, runs=2)
-    assert set(profile.seconds_per_flop) == set(structures)
+    stacks = ("encoder ", "decoder ") if family == "whisper" else ("",)
+    assert set(profile.seconds_per_flop) == {stack + s for stack in stacks for s in structures}
     assert all(rate > 0 for rate in profile.seconds_per_flop.values()), "no structure may look free"
     assert profile.seconds > 0 and 0 <= profile.fixed <= profile.seconds
     costed = profile.costed(counts)
@@ -120,3 +121,29 @@ def test_latency_recipes_are_validated():
         hfprune.PruningCallback({"target": {"latency": 0.5}})
     with pytest.raises(hfprune.RecipeError, match=r"\[layers\] needs a flops, params or nonembedding_params target"):
         hfprune.prune(build("bert"), {"target": {"latency": 0.5}, "structures": ["layers"]}, calibration("bert"))
+
+
+def test_encoder_decoders_are_timed_in_generate_decoding_the_budget_length(monkeypatch):
+    from hfprune.cost import latency
+
+    calls = []
+    timer = latency.measure_latency
+
+    def spy(models, inputs, *args, **kwargs):
+        calls.append((sorted(inputs), kwargs))
+        return timer(models, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(latency, "measure_latency", spy)
+    model = build("whisper")
+    counts = hfprune.count(model, seq_len=5, encoder_seq_len=16)
+    profile = latency.profile_latency(model, counts, ["heads"], runs=2)
+    assert set(profile.seconds_per_flop) == {"encoder heads", "decoder heads"}
+    for keys, kwargs in calls:
+        assert keys == ["input_features"], "generate() is given the audio only"
+        assert kwargs["method"] == "generate" and kwargs["min_new_tokens"] == kwargs["max_new_tokens"] == 5
+    # The decoder's cross-attention heads are priced at the decoder's rate, the encoder's heads at the encoder's.
+    costed = profile.costed(counts)
+    for name, site in costed.sites.items():
+        if site.kind != "ffn":
+            group = f"{name.split('.')[0]} heads"
+            assert site.seconds_per_unit == pytest.approx(profile.seconds_per_flop[group] * site.flops_per_unit)

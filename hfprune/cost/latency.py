@@ -214,14 +214,43 @@ def measure_latency(
 MIN_RELATIVE_RATE = 0.05
 
 
+def latency_call(model: nn.Module, seq_len: int, batch_size: int = 1) -> tuple[dict, dict]:
+    """What one timed call of `model` is, for a latency budget and its report: `(inputs, measure_latency kwargs)`.
+
+    Encoder-decoders (Whisper) are timed as they are used: one greedy `generate()` per input that decodes exactly
+    `seq_len` tokens (the encoder runs once, the decoder once per token, with its cache), since the time of a
+    single teacher-forced forward pass says little about what transcription costs. Other models: one forward pass
+    of `seq_len` tokens (frames for speech).
+    """
+    inputs = dummy_inputs(model, seq_len=seq_len, batch_size=batch_size)
+    if not getattr(model.config, "is_encoder_decoder", False):
+        return inputs, {}
+    inputs = {k: v for k, v in inputs.items() if not k.startswith("decoder_")}
+    return inputs, {"method": "generate", "min_new_tokens": seq_len, "max_new_tokens": seq_len, "do_sample": False}
+
+
+def cost_group(site_name: str, kind: str, stacks: int) -> str:
+    """The group of units priced at one rate: the structure (`heads`, `neurons`, `channels`), and its stack too
+    when the model has several (`encoder heads`, `decoder neurons`): Whisper's decoder runs once per generated
+    token at batch 1, its encoder once over 1500 frames, so their seconds per FLOP differ tenfold."""
+    structure = STRUCTURE_OF_KIND[kind]
+    return f"{site_name.split('.', 1)[0]} {structure}" if stacks > 1 and kind != "conv" else structure
+
+
+def _stack_count(counts: ModelCount) -> int:
+    return len({name.split(".", 1)[0] for name, site in counts.sites.items() if site.kind != "conv"})
+
+
 @dataclass
 class LatencyProfile:
-    """A measured latency model: one forward pass takes `fixed` seconds plus, for each structure (heads, neurons,
-    channels), `seconds_per_flop[structure]` times that structure's FLOPs.
+    """A measured latency model: one call (a forward pass; `generate()` for encoder-decoders, see
+    `latency_call`) takes `fixed` seconds plus, for each group of units, `seconds_per_flop[group]` times that
+    group's FLOPs. A group is a structure (heads, neurons, channels), per stack when the model has several
+    (`cost_group`).
 
     Attributes:
-        seconds: measured median seconds of the dense model's forward pass.
-        seconds_per_flop: structure -> fitted seconds per FLOP.
+        seconds: measured median seconds of the dense model's call.
+        seconds_per_flop: group -> fitted seconds per FLOP.
         fixed: seconds that no pruning of the profiled structures removes (embeddings, norms, residual adds,
             task head, Python overhead).
         batch_size: batch size the timings used.
@@ -235,8 +264,9 @@ class LatencyProfile:
     def costed(self, counts: ModelCount) -> ModelCount:
         """`counts` with each site's units priced in seconds (what a `latency` budget search spends)."""
         sites = {}
+        stacks = _stack_count(counts)
         for name, site in counts.sites.items():
-            rate = self.seconds_per_flop.get(STRUCTURE_OF_KIND[site.kind], 0.0)
+            rate = self.seconds_per_flop.get(cost_group(name, site.kind, stacks), 0.0)
             sites[name] = replace(
                 site, seconds_per_unit=rate * site.flops_per_unit, seconds_per_kv_unit=rate * site.flops_per_kv_unit
             )
@@ -254,7 +284,8 @@ def _half_removed(site) -> list[int]:
 def profile_latency(
     model: nn.Module, counts: ModelCount, structures, batch_size: int = 1, runs: int = 20
 ) -> LatencyProfile:
-    """Fit a `LatencyProfile` of `model` by timing it against copies with half of each structure removed.
+    """Fit a `LatencyProfile` of `model` by timing it against copies with half of each group's units removed
+    (a group: a structure, per stack for encoder-decoders, see `cost_group`).
 
     One copy of the model exists at a time (deep copy, shrink, time, free), on the model's device.
 
@@ -262,45 +293,44 @@ def profile_latency(
         model: any supported model, not pruned by this call.
         counts: `hfprune.count(model, ...)` at the lengths to time (and `conv=True` to profile conv channels).
         structures: the structures a budget may remove (`heads`, `neurons`, `channels`).
-        batch_size: sequences per timed forward pass (1: per-request latency; larger: batched throughput).
-        runs: timed passes per model, alternating between the dense model and the copy.
+        batch_size: sequences per timed call (1: per-request latency; larger: batched throughput).
+        runs: timed calls per model, alternating between the dense model and the copy.
 
     Returns:
         `LatencyProfile`.
     """
     removers = {"heads": remove_heads, "neurons": remove_neurons, "channels": remove_channels}
-    inputs = dummy_inputs(model, seq_len=counts.seq_len, batch_size=batch_size)
+    inputs, call = latency_call(model, counts.seq_len, batch_size)
     lengths = {"seq_len": counts.seq_len, "encoder_seq_len": counts.encoder_seq_len,
                "conv": any(site.kind == "conv" for site in counts.sites.values())}
+    stacks = _stack_count(counts)
+    groups: dict[str, dict[str, list[int]]] = {}
+    for name, site in counts.sites.items():
+        if STRUCTURE_OF_KIND[site.kind] in structures and STRUCTURE_OF_KIND[site.kind] in removers and site.units >= 2:
+            groups.setdefault(cost_group(name, site.kind, stacks), {})[name] = _half_removed(site)
     was_training = model.training
     model.eval()
     dense_times, rates = [], {}
     try:
-        for structure in [s for s in removers if s in structures]:
-            removals = {
-                name: _half_removed(site)
-                for name, site in counts.sites.items()
-                if STRUCTURE_OF_KIND[site.kind] == structure and site.units >= 2
-            }
-            if not removals:
-                continue
+        for group, removals in groups.items():
             half = copy.deepcopy(model)
-            removers[structure](half, removals)
-            times = measure_latency({"dense": model, "half": half}, inputs, runs, warmup=2).rounds
+            removers[group.split()[-1]](half, removals)
+            times = measure_latency({"dense": model, "half": half}, inputs, runs, warmup=2, **call).rounds
             removed_flops = counts.flops - count(half, **lengths).flops
             del half
             dense_times += times["dense"]
             # The median of paired differences (the two models timed back to back) resists machine noise far
             # better than a difference of two medians.
             saved = statistics.median(d - h for d, h in zip(times["dense"], times["half"], strict=True))
-            rates[structure] = max(saved, 0.0) / max(removed_flops, 1)
-        seconds = statistics.median(dense_times) if dense_times else measure_latency({"dense": model}, inputs)["dense"]
+            rates[group] = max(saved, 0.0) / max(removed_flops, 1)
+        seconds = (statistics.median(dense_times) if dense_times
+                   else measure_latency({"dense": model}, inputs, **call)["dense"])
     finally:
         model.train(was_training)
     floor = MIN_RELATIVE_RATE * seconds / max(counts.flops, 1)
-    rates = {structure: max(rate, floor) for structure, rate in rates.items()}
+    rates = {group: max(rate, floor) for group, rate in rates.items()}
     modelled = sum(
-        rates.get(STRUCTURE_OF_KIND[site.kind], 0.0) * site.flops for site in counts.sites.values()
+        rates.get(cost_group(name, site.kind, stacks), 0.0) * site.flops for name, site in counts.sites.items()
     )
     # Timings are medians of noisy runs: never let the priced units add up to more than the whole pass.
     seconds = max(seconds, modelled)

@@ -31,6 +31,7 @@ def latency_costed(profile: LatencyProfile, recipe: Recipe, before: ModelCount) 
         raise RecipeError(
             f"target.latency={recipe.target.latency} cannot be met: {share:.1%} of the measured time "
             f"({profile.seconds * 1e3:.3g} ms at batch {profile.batch_size}, {before.lengths}) is spent outside "
-            f"the prunable {'/'.join(profile.seconds_per_flop)} (embeddings, norms, residual adds, task head)"
+            f"the prunable {'/'.join(profile.seconds_per_flop)} (embeddings, norms, residual adds, task head"
+            + (", and generate()'s per-token loop" if before.encoder_seq_len else "") + ")"
         )
     return profile.costed(before)

@@ -26,7 +26,7 @@ from ..core.masks import SoftMasks
 from ..core.record import ensure_record
 from ..core.surgery import remove_channels, remove_heads, remove_layers, remove_neurons
 from ..cost.flops import count
-from ..cost.latency import dummy_inputs, measure_latency, profile_latency
+from ..cost.latency import latency_call, measure_latency, profile_latency
 from ..errors import RecipeError
 from ..publish.report import PruningReport
 from ..recipe import Recipe
@@ -149,8 +149,8 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
         model.train(was_training)
     report.after = count(model, seq_len=seq_len, encoder_seq_len=encoder_len, conv=conv)
     if report.latency:
-        inputs = dummy_inputs(model, seq_len=seq_len, batch_size=recipe.latency_batch_size)
-        report.latency[1] = measure_latency({"pruned": model}, inputs, runs=10)["pruned"]
+        inputs, call = latency_call(model, seq_len, recipe.latency_batch_size)
+        report.latency[1] = measure_latency({"pruned": model}, inputs, runs=10, **call)["pruned"]
     record = ensure_record(model)
     record.recipe, record.report = recipe.to_dict(), report.summary()
     return report
