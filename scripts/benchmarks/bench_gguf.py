@@ -78,6 +78,14 @@ def load(path: Path, threads: int, context: int):
                            n_batch=context, logits_all=False, verbose=False)
 
 
+def last_logits(llm) -> np.ndarray:
+    """The logits of the last evaluated token (llama.cpp's own buffer: without logits_all, llama-cpp-python keeps
+    no copy)."""
+    import llama_cpp
+
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+
+
 def check(model, path: Path, prompt: list[int], steps: int) -> dict:
     """Next-token logits after `prompt` (llama.cpp vs transformers) and greedy tokens for `steps` steps."""
     import llama_cpp
@@ -85,10 +93,10 @@ def check(model, path: Path, prompt: list[int], steps: int) -> dict:
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=len(prompt) + steps + 1, n_threads=os.cpu_count(),
                           logits_all=False, verbose=False, type_k=0, type_v=0)
     llm.eval(prompt)
-    logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+    logits = last_logits(llm).astype(np.float64)
     tokens = []
     for _ in range(steps):
-        tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        tokens.append(int(np.argmax(last_logits(llm))))
         llm.eval(tokens[-1:])
     with torch.no_grad():
         expected = model(torch.tensor([prompt])).logits[0, -1].double().numpy()
@@ -106,17 +114,19 @@ def timed_round(llm, prompt: list[int], start: list[int], generate: int) -> tupl
     prompt_rate = len(prompt) / (time.perf_counter() - began)
     llm.reset()
     llm.eval(start)
-    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    token = int(np.argmax(last_logits(llm)))
     began = time.perf_counter()
     for _ in range(generate):
         llm.eval([token])
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = int(np.argmax(last_logits(llm)))
     return prompt_rate, generate / (time.perf_counter() - began)
 
 
 def measure(files: dict, args, prompt: list[int], start: list[int]) -> dict:
     llms = {key: load(path, args.threads, len(prompt) + args.generate + 8) for key, path in files.items()}
     rates = {key: [] for key in llms}
+    for llm in llms.values():  # warm-up, not counted: first touches of the weights, thread start-up
+        timed_round(llm, prompt, start, 2)
     for round_index in range(args.repeats):
         order = list(llms) if round_index % 2 == 0 else list(reversed(llms))  # no model always goes first
         for key in order:
