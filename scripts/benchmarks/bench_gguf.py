@@ -58,13 +58,24 @@ def pruned_models(args, dense, tokenizer) -> dict:
     return models
 
 
-def export_all(models: dict, dtypes: list[str], out: Path) -> dict:
+def export_all(models: dict, dtypes: list[str], out: Path, control: bool) -> dict:
+    """name, dtype -> GGUF file. With `control`, the dense model also as `deci` (per-layer arrays), the layout
+    the pruned models get: the difference from `dense` is the architecture's own, not pruning's."""
+    from hfprune.checkpoint import gguf_layout
+
     files = {}
-    for name, model in models.items():
+    jobs = [(name, model) for name, model in models.items()] + ([("dense as deci", models["dense"])] if control else [])
+    for name, model in jobs:
         for dtype in dtypes:
             path = out / f"{name.replace(' ', '-')}.{dtype}.gguf"
             start = time.perf_counter()
-            hfprune.export_gguf(model, path, dtype=dtype, tokenizer=smollm2_gguf())
+            uniform_arch = dict(gguf_layout.UNIFORM_ARCH)
+            if name == "dense as deci":  # benchmark control only: every family mapped to the per-layer layout
+                gguf_layout.UNIFORM_ARCH.update(dict.fromkeys(uniform_arch, gguf_layout.PER_LAYER_ARCH))
+            try:
+                hfprune.export_gguf(model, path, dtype=dtype, tokenizer=smollm2_gguf())
+            finally:
+                gguf_layout.UNIFORM_ARCH.update(uniform_arch)
             print(f"exported {path} ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - start:.1f} s",
                   flush=True)
             files[(name, dtype)] = path
@@ -168,16 +179,19 @@ def table(models: dict, files: dict, checks: dict, speed: dict, args) -> str:
         logits = f"{c['max_abs_logit_diff']:.1e} / {c['logit_scale']:.1f}" if c else "-"
         greedy = ("same" if c["same_greedy_tokens"] else "DIFFERENT") + f" ({c['tokens']})" if c else "-"
         s = speed[(name, dtype)]
-        ideal = 1 / kept_all
-        lines.append(
-            f"| {name} | {dtype} | {kept:.1%} | {kept_all:.1%} | {path.stat().st_size / 1e6:.0f} | {arch} | {logits} "
-            f"| {greedy} | {s['prompt_tokens_per_s']:.0f} | {s['prompt_speedup']:.2f}x (±{s['prompt_spread'] / 2:.2f}) "
-            f"| {(s['prompt_speedup'] - 1) / (ideal - 1):.0%} | {s['generate_tokens_per_s']:.1f} "
-            f"| {s['generate_speedup']:.2f}x (±{s['generate_spread'] / 2:.2f}) "
-            f"| {(s['generate_speedup'] - 1) / (ideal - 1):.0%} |" if name != "dense" else
-            f"| {name} | {dtype} | 100% | 100% | {path.stat().st_size / 1e6:.0f} | {arch} | {logits} | {greedy} "
-            f"| {s['prompt_tokens_per_s']:.0f} | 1 | - | {s['generate_tokens_per_s']:.1f} | 1 | - |"
-        )
+        if name == "dense":
+            size = path.stat().st_size / 1e6
+            lines.append(f"| {name} | {dtype} | 100% | 100% | {size:.0f} | {arch} | {logits} | {greedy} | "
+                         f"{s['prompt_tokens_per_s']:.0f} | 1 | - | {s['generate_tokens_per_s']:.1f} | 1 | - |")
+            continue
+        cells = []
+        for phase in ("prompt", "generate"):
+            speedup = s[f"{phase}_speedup"]
+            of_ideal = f"{(speedup - 1) / (1 / kept_all - 1):.0%}" if kept_all < 1 else "-"
+            rate = f"{s[f'{phase}_tokens_per_s']:.{0 if phase == 'prompt' else 1}f}"
+            cells.append(f"{rate} | {speedup:.2f}x (±{s[f'{phase}_spread'] / 2:.2f}) | {of_ideal}")
+        lines.append(f"| {name} | {dtype} | {kept:.1%} | {kept_all:.1%} | {path.stat().st_size / 1e6:.0f} | {arch} | "
+                     f"{logits} | {greedy} | {cells[0]} | {cells[1]} |")
     lines.append("")
     lines.append(f"Batch 1, {args.threads} threads, prompt evaluation of {args.prompt} tokens (fresh KV cache), "
                  f"generation of {args.generate} tokens one by one; {args.repeats} rounds, round-robin; speedups are "
@@ -198,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="round-robin rounds")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="llama.cpp threads")
     parser.add_argument("--check-tokens", type=int, default=16, help="greedy steps compared with transformers")
+    parser.add_argument("--control", action="store_true",
+                        help="also time the dense model written as deci, the per-layer layout the pruned ones get")
     parser.add_argument("--out", default="bench_out", help="folder for the report")
     args = parser.parse_args(argv)
     args.levels = [float(level) for level in args.levels.split(",") if level]
@@ -209,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     models = pruned_models(args, dense, tokenizer)
     gguf_dir = Path(args.out) / "gguf"
     gguf_dir.mkdir(parents=True, exist_ok=True)
-    files = export_all(models, dtypes, gguf_dir)
+    files = export_all(models, dtypes, gguf_dir, args.control)
+    models["dense as deci"] = models["dense"]
     text = python_docs.windows(tokenizer, "evaluation", args.prompt, 1)[0].tolist()
     checks = {(name, "f32"): check(models[name], files[(name, "f32")], text[:64], args.check_tokens)
               for name in models if (name, "f32") in files}
