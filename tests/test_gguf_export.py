@@ -87,6 +87,7 @@ CASES = {
     "qwen2-uniform": lambda: _uniform(tiny("qwen2")),
     "qwen2": lambda: non_uniform(tiny("qwen2", num_hidden_layers=4)),
     "tied": lambda: non_uniform(tiny(num_hidden_layers=4, tie_word_embeddings=True)),
+    "dense-per-layer": lambda: tiny(),
 }
 ARCH = {"dense": "llama", "uniform": "llama", "qwen2-uniform": "llama"}
 
@@ -137,7 +138,8 @@ def shapes(model):
 @pytest.mark.parametrize("case", list(CASES))
 def test_logits_and_greedy_tokens_match_transformers(case, tmp_path, tokenizer):
     model = CASES[case]()
-    llm = load(export(model, tmp_path, tokenizer))
+    llm = load(hfprune.export_gguf(model, tmp_path / "model.gguf", tokenizer=tokenizer,
+                                   per_layer=case == "dense-per-layer"))
     expected, got = hf_logits(model, PROMPT), cpp_logits(llm, PROMPT)
     scale = np.abs(expected).max()
     assert scale > 1.0, "the tiny model's logits are too flat to compare"

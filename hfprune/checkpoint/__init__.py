@@ -5,5 +5,5 @@ from .gguf_export import ExportError, export_gguf
 from .load import from_pretrained, local_directory
 from .save import PRUNING_CONFIG, loads_without_hfprune, pruning_config, save_pretrained
 
-__all__ = ["PRUNING_CONFIG", "ExportError", "export_gguf", "from_pretrained", "loads_without_hfprune", "local_directory",
-           "pruning_config", "save_pretrained"]
+__all__ = ["PRUNING_CONFIG", "ExportError", "export_gguf", "from_pretrained", "loads_without_hfprune",
+           "local_directory", "pruning_config", "save_pretrained"]

@@ -30,7 +30,7 @@ class ExportError(CheckpointError):
 
 
 def export_gguf(model_or_dir: nn.Module | str | os.PathLike, path: str | os.PathLike, dtype: str = "f32",
-                tokenizer=None) -> Path:
+                tokenizer=None, per_layer: bool = False) -> Path:
     """Write a Llama, Mistral or Qwen2 model, pruned or not, to a GGUF file that llama.cpp runs.
 
     Per-layer head counts, KV head counts and FFN widths are written as llama.cpp's per-layer arrays; a model whose
@@ -47,6 +47,8 @@ def export_gguf(model_or_dir: nn.Module | str | os.PathLike, path: str | os.Path
         tokenizer: where the tokenizer comes from: a `.gguf` file (its `tokenizer.*` metadata is copied), a
             directory with `tokenizer.json`, or a transformers tokenizer. By default, the checkpoint directory
             (`model_or_dir`, or the directory the model was loaded from).
+        per_layer: write the per-layer `deci` layout even when every layer is alike (to compare layouts; a
+            uniform model is otherwise written as `llama`, which more runtimes read).
 
     Returns:
         `Path` of the written file.
@@ -69,7 +71,7 @@ def export_gguf(model_or_dir: nn.Module | str | os.PathLike, path: str | os.Path
 
     model, source = _model(model_or_dir)
     _check_no_hooks(model)
-    plan = layout(model)
+    plan = layout(model, per_layer)
     rope = _rope(model.config, plan.head_dim)
     write_tokenizer = tokenizer_writer(tokenizer, source, model.get_input_embeddings().weight.shape[0])
     staging = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"

@@ -66,8 +66,9 @@ def supported_model_types() -> tuple[str, ...]:
     return tuple(UNIFORM_ARCH)
 
 
-def layout(model: nn.Module) -> Layout:
-    """The GGUF architecture and per-layer shapes for `model` (a Llama, Mistral or Qwen2 model, pruned or not)."""
+def layout(model: nn.Module, per_layer: bool = False) -> Layout:
+    """The GGUF architecture and per-layer shapes for `model` (a Llama, Mistral or Qwen2 model, pruned or not);
+    `per_layer`: the per-layer architecture even when every layer is alike."""
     model_type = model.config.model_type
     if model_type not in UNIFORM_ARCH:
         raise UnsupportedModelError(
@@ -77,7 +78,7 @@ def layout(model: nn.Module) -> Layout:
     attention, ffn = _sites_by_layer(model)
     head_dim = _head_dim(model, attention)
     raw = [(attention[i].num_heads, attention[i].num_kv_heads, ffn[i].num_neurons) for i in range(len(attention))]
-    if len(set(raw)) <= 1 and all(h > 0 and f > 0 for h, _, f in raw):
+    if not per_layer and len(set(raw)) <= 1 and all(h > 0 and f > 0 for h, _, f in raw):
         return Layout(UNIFORM_ARCH[model_type], head_dim, [LayerShape(*shape) for shape in raw])
     layers = []
     for index, (heads, kv_heads, width) in enumerate(raw):

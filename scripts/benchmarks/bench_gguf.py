@@ -61,21 +61,13 @@ def pruned_models(args, dense, tokenizer) -> dict:
 def export_all(models: dict, dtypes: list[str], out: Path, control: bool) -> dict:
     """name, dtype -> GGUF file. With `control`, the dense model also as `deci` (per-layer arrays), the layout
     the pruned models get: the difference from `dense` is the architecture's own, not pruning's."""
-    from hfprune.checkpoint import gguf_layout
-
     files = {}
     jobs = [(name, model) for name, model in models.items()] + ([("dense as deci", models["dense"])] if control else [])
     for name, model in jobs:
         for dtype in dtypes:
             path = out / f"{name.replace(' ', '-')}.{dtype}.gguf"
             start = time.perf_counter()
-            uniform_arch = dict(gguf_layout.UNIFORM_ARCH)
-            if name == "dense as deci":  # benchmark control only: every family mapped to the per-layer layout
-                gguf_layout.UNIFORM_ARCH.update(dict.fromkeys(uniform_arch, gguf_layout.PER_LAYER_ARCH))
-            try:
-                hfprune.export_gguf(model, path, dtype=dtype, tokenizer=smollm2_gguf())
-            finally:
-                gguf_layout.UNIFORM_ARCH.update(uniform_arch)
+            hfprune.export_gguf(model, path, dtype=dtype, tokenizer=smollm2_gguf(), per_layer=name == "dense as deci")
             print(f"exported {path} ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - start:.1f} s",
                   flush=True)
             files[(name, dtype)] = path
