@@ -462,3 +462,20 @@ def test_labels_covering_every_class_raise_no_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         hfprune.prune(model, hfprune.Recipe(target={"flops": 0.8}, round_neurons=1), calibration=[batch])
+
+
+def test_scores_of_one_run_prune_a_copy_like_scoring_again():
+    dense = build("bert")
+    first, second, again = copy.deepcopy(dense), copy.deepcopy(dense), copy.deepcopy(dense)
+    report = hfprune.prune(first, hfprune.Recipe(target={"flops": 0.7}), calibration("bert", labels=True))
+    assert isinstance(report.scores, hfprune.Scores)
+    recipe = hfprune.Recipe(target={"flops": 0.5})
+    reused = hfprune.prune(second, recipe, calibration("bert", labels=True), scores=report.scores)
+    scored = hfprune.prune(again, recipe, calibration("bert", labels=True))
+    assert "scoring" not in reused.times and "scoring" in scored.times
+    assert reused.kept_per_site() == scored.kept_per_site()
+    batch = inputs("bert")
+    with torch.no_grad():
+        torch.testing.assert_close(second(**batch).logits, again(**batch).logits)
+    with pytest.raises(hfprune.RecipeError, match=r"the scores given are not of this model: .* has \d+ (heads|neurons)"):
+        hfprune.prune(first, recipe, calibration("bert", labels=True), scores=report.scores)

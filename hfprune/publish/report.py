@@ -31,6 +31,8 @@ class PruningReport:
         hidden: hidden size [before, after], when the residual stream was narrowed (structures `hidden`).
         hidden_search: with the hidden size and units in one budget, hidden size tried -> KL of its plan to the
             dense model (widths where the budget could not be met are left out).
+        scores: the importance scores the plan was chosen by (`hfprune.Scores`, heads and neurons pruning), to
+            prune another copy of the same model to another budget without scoring again (`prune(scores=...)`).
     """
 
     recipe: object
@@ -46,6 +48,7 @@ class PruningReport:
     depth_search: dict[int, float] = field(default_factory=dict)
     hidden: list[int] | None = None
     hidden_search: dict[int, float] = field(default_factory=dict)
+    scores: object = field(default=None, repr=False)
 
     @contextmanager
     def phase(self, name: str):

@@ -20,6 +20,7 @@ import torch.nn as nn
 from ..calibration.batches import check_calibration, check_label_coverage
 from ..calibration.lengths import mean_lengths
 from ..calibration.seq2seq import with_decoder_inputs
+from ..arch import STRUCTURE_OF_KIND
 from ..core import AttentionSite, prepared_adapter, resolve_sites
 from ..core.bias import add_biases, bias_sites
 from ..core.masks import SoftMasks
@@ -35,7 +36,7 @@ from ..sparsity.sparsify import sparsify
 from ..sparsity.targets import check_widths, weight_targets
 from .agreement import agreement, reference_outputs
 from .balance import balance_layers, layer_of
-from .criteria import NEEDS_DATA, compute_scores
+from .criteria import NEEDS_DATA, Scores, compute_scores
 from .depth import choose_depth
 from .hidden import prune_hidden
 from .hidden_search import choose_hidden
@@ -69,7 +70,9 @@ def _limit(batches: list, num_samples: int) -> list:
     return kept
 
 
-def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] | None = None) -> PruningReport:
+def prune(
+    model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] | None = None, scores: Scores | None = None
+) -> PruningReport:
     """Prune `model` in place to `recipe.target`, without retraining.
 
     Args:
@@ -82,6 +85,9 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
             (`hfprune.calibration.seq2seq.with_decoder_inputs`). A `flops` target then counts encoder and decoder per
             utterance: the encoder at its input length, the decoder (self- and cross-attention, FFN) at the
             mean transcript length, cross-attention keys at the encoder length.
+        scores: importance scores of this very model, as it is now, from an earlier `report.scores` (same
+            criterion): a sweep over budgets, sites or refinements of copies of one model then scores once. The
+            calibration data is still needed for refinement. Not with `structures: [hidden]`.
 
     Returns:
         `PruningReport`: params/FLOPs before and after, kept heads/neurons per site, time per phase, what
@@ -139,7 +145,7 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
         elif structured == ["layers"]:
             prune_layers(model, recipe, batches, before, report)
         elif structured:
-            _prune_units(model, recipe, batches, before, report)
+            _prune_units(model, recipe, batches, before, report, scores)
         if weights is not None:
             # After the surgery: only what is left is sparsified, calibrated on the already shrunk model.
             with report.phase("weight sparsity"):
@@ -156,6 +162,23 @@ def prune(model: nn.Module, recipe: Recipe | dict, calibration: Iterable[dict] |
     return report
 
 
+def _check_given_scores(scores: Scores, before, recipe: Recipe) -> None:
+    """Refuse scores that are not of this model as it is now: a site without scores, or with another count."""
+    if "hidden" in recipe.structures:
+        raise RecipeError("scores cannot be reused with structures `hidden`: every hidden size is scored anew")
+    tables = {"heads": scores.heads, "neurons": scores.neurons, "channels": scores.channels}
+    for name, site in before.sites.items():
+        structure = STRUCTURE_OF_KIND[site.kind]
+        if structure not in recipe.structures or not site.units:
+            continue
+        given = tables[structure].get(name)
+        if given is None or len(given) != site.units:
+            raise RecipeError(
+                f"the scores given are not of this model: {name} has {site.units} {structure}, the scores "
+                f"{'none' if given is None else len(given)} (pass `report.scores` of a copy of this model as it is now)"
+            )
+
+
 def _check_weight_pattern(model, recipe: Recipe, weights) -> None:
     """Refuse an N:M pattern that some layer's inputs cannot tile, now or after head removal, before any change."""
     check_widths(weight_targets(model), weights)
@@ -169,8 +192,8 @@ def _check_weight_pattern(model, recipe: Recipe, weights) -> None:
                 )
 
 
-def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningReport) -> None:
-    """Score, search, refine and remove heads, neurons and conv channels."""
+def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningReport, given=None) -> None:
+    """Score (unless `given` scores), search, refine and remove heads, neurons and conv channels."""
     if recipe.target.latency is not None:
         with report.phase("latency profile"):
             profile = profile_latency(model, before, recipe.structures, recipe.latency_batch_size)
@@ -179,15 +202,19 @@ def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningRe
     # What each refinement step contributes is measured on a slice of the calibration data: enough to compare.
     probe, dense = reference_outputs(model, _limit(batches, QUALITY_SAMPLES))
     removed_layers: list[str] = []
+    if given is not None:
+        _check_given_scores(given, before, recipe)
     if "hidden" in recipe.structures:
         # The model comes back narrowed to the chosen hidden size; from here on its counts are what the plan's
         # units refer to (the report keeps the dense counts).
         choice = choose_hidden(model, recipe, before, batches, probe, dense, report)
         before, scores, plan = choice.counts, choice.scores, choice.plan
     else:
-        with report.phase("scoring"):
-            scores = compute_scores(model, recipe.criterion, batches, channels="channels" in recipe.structures)
-            scores = balance_layers(scores, before, recipe.target.metric, recipe.layer_balance)
+        if given is None:
+            with report.phase("scoring"):
+                given = compute_scores(model, recipe.criterion, batches, channels="channels" in recipe.structures)
+        report.scores = given
+        scores = balance_layers(given, before, recipe.target.metric, recipe.layer_balance)
         with report.phase("search"):
             if "layers" in recipe.structures:
                 removed_layers, plan = choose_depth(model, recipe, before, scores, probe, dense, report)

@@ -28,8 +28,6 @@ import torch
 import transformers
 
 import hfprune
-import hfprune.structured.prune as driver
-from hfprune.calibration.seq2seq import with_decoder_inputs
 from scripts.benchmarks.bench_speech import ENCODER_FRAMES, features_of, label_ids, load_dense, transcribe
 from scripts.benchmarks.report import run_header, write_report
 from scripts.benchmarks.speech_eval_set import speech_eval_set, wer
@@ -85,24 +83,24 @@ def recipe_for(model, group: str, share: float, mode: str, lengths: dict) -> hfp
     return base
 
 
-def score_once(criterion_scores=driver.compute_scores):
-    """Every run prunes a copy of the same dense model on the same calibration batches, and the scores cover
-    every site whatever `sites` selects: score once per criterion, not once per run (minutes per Whisper run)."""
-    cache = {}
-
-    def cached(model, criterion, batches, **kwargs):
-        if criterion not in cache:
-            cache[criterion] = criterion_scores(model, criterion, batches, **kwargs)
-        return copy.deepcopy(cache[criterion])  # the driver may adjust them in place
-
-    driver.compute_scores = cached
+def transcript_batches(model, processor, features: torch.Tensor, batch_size: int = 8) -> list[dict]:
+    """Calibration batches labelled with the dense model's own transcripts (what `hfprune.prune` derives from
+    unlabelled audio itself), made once so that every run scores against the same labels."""
+    batches = []
+    for start in range(0, len(features), batch_size):
+        chunk = features[start : start + batch_size]
+        labels = [label_ids(processor, text) for text in transcribe(model, processor, chunk, batch_size)]
+        padded = torch.full((len(labels), max(map(len, labels))), -100)
+        for row, ids in zip(padded, labels, strict=True):
+            row[: len(ids)] = torch.tensor(ids)
+        batches.append({"input_features": chunk, "labels": padded})
+    return batches
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
     torch.manual_seed(0)
-    score_once()
     dense, processor = load_dense(args.model_dir)
     data = speech_eval_set(args.cache_dir)
     if args.test_clips:
@@ -111,9 +109,8 @@ def main(argv=None) -> None:
     train_features = features_of(processor, data["train"].select(range(args.num_samples)))
     references = list(data["test"]["text"])
     transformers.logging.set_verbosity_error()
-    # Transcribed once by the dense model: every run scores against the same labels.
-    calibration = with_decoder_inputs(dense, [{"input_features": train_features[i : i + 8]}
-                                              for i in range(0, len(train_features), 8)])
+    calibration = transcript_batches(dense, processor, train_features)
+    scores = None  # every run prunes a copy of the same dense model, and the scores cover every site: score once
     decoder_len = round(statistics.mean(len(label_ids(processor, t)) + 1 for t in references))
     lengths = {"seq_len": decoder_len, "encoder_seq_len": ENCODER_FRAMES}
     dense_flops = hfprune.count(dense, seq_len=decoder_len, encoder_seq_len=ENCODER_FRAMES).flops
@@ -131,7 +128,9 @@ def main(argv=None) -> None:
                     continue
                 model = copy.deepcopy(dense)
                 began = time.perf_counter()
-                report = hfprune.prune(model, recipe_for(dense, group, share, mode, lengths), calibration)
+                recipe = recipe_for(dense, group, share, mode, lengths)
+                report = hfprune.prune(model, recipe, calibration, scores=scores)
+                scores = report.scores or scores
                 seconds = time.perf_counter() - began
                 predictions = transcribe(model, processor, test_features)
                 row = {"group": group, "share": share, "mode": mode, "wer": wer(predictions, references),
