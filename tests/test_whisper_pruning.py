@@ -336,17 +336,3 @@ def test_a_budget_that_removes_every_cross_attention_head_is_refused():
                             reconstruct=False, tune=False, rearrange=False)
     with pytest.raises(hfprune.RecipeError, match="every cross-attention head"):
         hfprune.prune(build("whisper"), recipe, calibration=audio())
-
-
-def test_encoder_fits_see_the_frames_that_hold_audio_not_the_padding():
-    from hfprune.structured.criteria import real_positions
-
-    extractor = transformers.WhisperFeatureExtractor()
-    rate = extractor.sampling_rate
-    clips = [torch.randn(3 * rate).numpy() * 0.1, torch.randn(6 * rate).numpy() * 0.1]  # 3 s and 6 s of sound
-    features = extractor(clips, sampling_rate=rate, return_tensors="pt")["input_features"]
-    frames = real_positions({"input_features": features}, (2, 1500, 384))
-    # 100 mel frames a second, two per encoder frame: 150 and 300 frames hold sound (give or take the STFT edge).
-    assert abs(int(frames[0].sum()) - 150) <= 2 and abs(int(frames[1].sum()) - 300) <= 2
-    assert frames[0, :140].all() and not frames[0, 160:].any()
-    assert real_positions({"input_features": features}, (2, 20, 384)) is None, "a decoder length is not frames"

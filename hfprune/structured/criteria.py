@@ -110,24 +110,10 @@ def _token_mask(batch: dict) -> torch.Tensor | None:
     return mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
 
-def audio_frames(features: torch.Tensor, length: int) -> torch.Tensor | None:
-    """Which of an encoder's `length` frames hold audio, for log-mel `features` `(batch, mel bins, mel frames)`
-    padded to a fixed window (Whisper: a 3 s clip fills a tenth of its 30 s): the feature extractor pads with
-    silence, whose log-mel frames are the same floor value in every bin. An encoder frame holds audio when any
-    mel frame it is computed from does. None when the lengths do not divide (another layout)."""
-    frames = features.shape[-1]
-    if frames % length or frames // length > 2:  # a conv stem of stride <= 2 (Whisper's), not a decoder's length
-        return None
-    sound = features.float().std(dim=1) > 0
-    return sound.view(sound.shape[0], length, frames // length).any(-1)
-
-
 def real_positions(batch: dict, shape) -> torch.Tensor | None:
     """Which positions of activations shaped `(batch, length, ...)` are real: the attention mask where it has
-    that shape; for the decoder of an encoder-decoder (batches with decoder inputs), the labelled positions,
-    since a padded transcript is labelled -100 after its end; for an encoder of padded log-mel features
-    (Whisper), the frames that hold audio (`audio_frames`), since most of its 30 s window is padding whose
-    activations would otherwise outweigh the speech in any fit. None when every position counts."""
+    that shape, else, for the decoder of an encoder-decoder (batches with decoder inputs), the labelled positions,
+    since a padded transcript is labelled -100 after its end. None when every position counts."""
     shape = tuple(shape[:2])
     mask = _token_mask(batch)
     if mask is not None and tuple(mask.shape) == shape:
@@ -135,11 +121,6 @@ def real_positions(batch: dict, shape) -> torch.Tensor | None:
     labels = batch.get("labels")
     if "decoder_input_ids" in batch and isinstance(labels, torch.Tensor) and tuple(labels.shape) == shape:
         return labels.ne(-100)
-    features = batch.get("input_features")
-    if isinstance(features, torch.Tensor) and features.dim() == 3 and features.shape[0] == shape[0]:
-        frames = audio_frames(features, shape[1])
-        if frames is not None and frames.any():
-            return frames
     return None
 
 

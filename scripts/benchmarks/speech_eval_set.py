@@ -152,6 +152,28 @@ def speech_eval_set(
     return datasets.DatasetDict(result)
 
 
+def fortune_sentences(count: int, seed: int = 0, topics: Sequence[str] = ("work", "science", "art", "people")) -> list[str]:
+    """`count` real English one-sentence quotes from Debian's `fortunes` (`apt-get install fortunes`), 6 to 16
+    words of plain letters and punctuation (no digits, quotes or attributions), in a seeded order: more varied
+    speech to train on than `TRAIN_SENTENCES`, never one of `TEST_SENTENCES`."""
+    import random
+    import re
+
+    from scripts.benchmarks.fortunes import FORTUNES_ROOT, parse_fortune_file
+
+    plain = re.compile(r"^[A-Za-z][A-Za-z ,.'?!;-]+[.?!]$")
+    found = []
+    for topic in topics:
+        for entry in parse_fortune_file(os.path.join(FORTUNES_ROOT, topic)):
+            if plain.match(entry) and 6 <= len(entry.split()) <= 16 and entry.count(".") <= 1 and " -- " not in entry:
+                found.append(entry)
+    found = sorted(set(found) - set(TEST_SENTENCES))
+    if len(found) < count:
+        raise SpokenWordsError(f"only {len(found)} usable fortune sentences in {topics}, {count} asked for")
+    random.Random(seed).shuffle(found)
+    return found[:count]
+
+
 # ------------------------------------------------------------------------------------------------- metric
 
 _normalizer = None
