@@ -104,24 +104,26 @@ class Recipe:
         "removes whole KV groups.",
         "heads",
     )
-    rearrange: bool = _help(
+    rearrange: bool | None = _help(
         "Mask rearrangement (Kwon et al. 2022): within each layer, swap kept/removed units to reduce the "
-        "second-order loss estimate. Gradient criteria only.",
-        True,
+        "second-order loss estimate. Gradient criteria only. Default: on (off for Whisper one-shot).",
+        None,
     )
-    tune: bool = _help(
+    tune: bool | None = _help(
         "Mask tuning (Kwon et al. 2022): per layer, least-squares scales on kept heads/neurons so each layer's "
-        "output matches the dense model's; folded into the weights. Used when `reconstruct` is off.",
-        True,
+        "output matches the dense model's; folded into the weights. Used when `reconstruct` is off. Default: on "
+        "(off for Whisper one-shot).",
+        None,
     )
-    reconstruct: bool = _help(
+    reconstruct: bool | None = _help(
         "Weight reconstruction: per layer, a ridge-regression refit of the output projection's weights and bias "
         "on the kept heads/neurons so each layer's output matches the dense model's (ZipLM-style layer-wise "
         "reconstruction; more freedom than `tune`, which it replaces). Needs calibration data (no labels). On the "
         "three-task benchmark (scripts/benchmarks/bench.py), without retraining, it kept 1.4 points more accuracy "
         "than mask tuning at 60% FLOPs and 5.5 more at 40% (means over tasks and draws); after a recovery epoch "
-        "the two were within 0.4 points.",
-        True,
+        "the two were within 0.4 points. Default: on, except for Whisper one-shot, where every refinement raised "
+        "WER (scripts/benchmarks/whisper_sensitivity.py).",
+        None,
     )
     add_bias: bool = _help(
         "With `reconstruct`: families built without biases get zero biases on their projections where the config "
@@ -133,7 +135,8 @@ class Recipe:
     sites: list | None = _help(
         "Prune only these sites: names or name prefixes (e.g. [encoder]), or shell patterns "
         "(e.g. ['decoder.*.ffn'], see `hfprune.sites(model)` for the names). With `layers`: stack names or layer "
-        "names (`decoder`, `decoder.2`).",
+        "names (`decoder`, `decoder.2`). Default: all, except for families whose one-shot pruning measurably "
+        "cannot touch a structure (Whisper: not the encoder's heads); ['*'] is every site.",
         None,
     )
     distill: DistillSettings | None = _help(
@@ -184,7 +187,7 @@ class Recipe:
                               f"latency), not kept counts {self.target.to_dict()}")
         self._check_hidden()
         self._check_weights()
-        if self.add_bias and not self.reconstruct:
+        if self.add_bias and self.reconstruct is False:
             raise RecipeError("add_bias fits a bias in the weight reconstruction: set reconstruct: true as well")
         CRITERIA.check(self.criterion, also=("movement",))
         if self.gqa not in ("heads", "groups"):
@@ -284,7 +287,7 @@ class Recipe:
 
 
 _TYPES = {"list": list, "str": str, "int": int, "float": (float, int), "bool": bool, "int | None": (int, type(None)),
-          "list | None": (list, type(None))}
+          "list | None": (list, type(None)), "bool | None": (bool, type(None))}
 
 
 def _check_type(name: str, value: Any, annotation: Any) -> None:

@@ -336,3 +336,23 @@ def test_a_budget_that_removes_every_cross_attention_head_is_refused():
                             reconstruct=False, tune=False, rearrange=False)
     with pytest.raises(hfprune.RecipeError, match="every cross-attention head"):
         hfprune.prune(build("whisper"), recipe, calibration=audio())
+
+
+def test_a_budget_alone_uses_what_whisper_measurably_survives_one_shot():
+    model = build("whisper")
+    encoder_heads = {n: s.units for n, s in hfprune.count(model, seq_len=8).sites.items()
+                     if n.startswith("encoder.") and n.endswith(".attention")}
+    report = hfprune.prune(model, hfprune.Recipe(target={"flops": 0.8}, round_neurons=1), calibration=audio())
+    after = hfprune.count(model, seq_len=8).sites
+    assert all(after[n].units == units for n, units in encoder_heads.items()), "the encoder's heads stay one-shot"
+    assert report.recipe.sites == ["encoder.*.ffn", "decoder"]
+    assert (report.recipe.rearrange, report.recipe.tune, report.recipe.reconstruct) == (False, False, False)
+    assert "weight reconstruction" not in report.times
+    # What a recipe says is done: every site, and reconstruction, when asked for.
+    model = build("whisper")
+    asked = hfprune.Recipe(target={"flops": 0.8}, sites=["*"], reconstruct=True, round_neurons=1)
+    report = hfprune.prune(model, asked, calibration=audio())
+    assert report.recipe.sites == ["*"] and report.recipe.reconstruct and "weight reconstruction" in report.times
+    # Other families keep the library's defaults.
+    assert hfprune.prune(build("bert"), hfprune.Recipe(target={"flops": 0.8}), calibration=[
+        {k: v for k, v in inputs("bert", batch=4).items()}]).recipe.reconstruct is True

@@ -210,10 +210,14 @@ class Adapter:
             idempotent and keep parameter names, so checkpoints stay compatible.
         conv: the family's prunable convolution stack, if it has one (speech encoders).
         hidden: where the family's residual stream lives, for hidden-size pruning; None where it is not described.
+        oneshot_defaults: recipe values that one-shot `prune` of heads and neurons uses where a recipe leaves them
+            unset (`sites`, `rearrange`, `tune`, `reconstruct`), for families whose measurements showed that a
+            structure cannot lose units without retraining, or that a refinement hurts; empty: the library's.
     """
 
     model_types: tuple[str, ...]
     stacks: tuple[StackSpec, ...]
     conv: ConvSpec | None = None
     hidden: HiddenSpec | None = None
+    oneshot_defaults: dict = field(default_factory=dict)
     prepare: Callable[[nn.Module], None] | None = None

@@ -47,5 +47,12 @@ WHISPER = register_adapter(
                 ffn_field="decoder_ffn_dim",
             ),
         ),
+        # Measured on tiny.en (scripts/benchmarks/whisper_sensitivity.py, test WER 14.5 dense, a quarter of one
+        # structure removed): the encoder's heads cannot go one-shot (49.8-55.7 with or without refinement;
+        # 53 % of the FLOPs per utterance, 725 MFLOPs a head at 1500 frames), every other structure costs
+        # 1-3 points; and every refinement raised WER (encoder FFN 17.1 plain, 21.4 reconstructed; cross-attention
+        # 16.0 vs 17.4).
+        oneshot_defaults={"sites": ["encoder.*.ffn", "decoder"], "rearrange": False, "tune": False,
+                          "reconstruct": False},
     )
 )

@@ -76,6 +76,8 @@ def choose_depth(model: nn.Module, recipe: Recipe, counts: ModelCount, scores: S
     candidates, removed, cut = [[]], [], 0.0
     for layer in sorted(importance, key=importance.get):
         stack = layer.split(".")[0]
+        if not recipe.selects(layer):
+            continue
         if sum(r.split(".")[0] == stack for r in removed) + 1 >= stack_sizes[stack]:
             continue  # a stack keeps at least one layer
         if cut + costs.get(layer, 0.0) > to_cut:

@@ -13,6 +13,7 @@ With `structures: [..., weights]` the weights left after shrinking are then spar
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -105,7 +106,7 @@ def prune(
     weights = recipe.weights
     if structured and recipe.criterion == "movement":
         raise RecipeError("movement scores accumulate during training: use hfprune.PruningCallback, not prune()")
-    prepared_adapter(model)
+    recipe = _resolved(recipe, prepared_adapter(model), structured)
     if weights is not None:
         _check_weight_pattern(model, recipe, weights)
     if structured and recipe.add_bias:
@@ -160,6 +161,19 @@ def prune(
     record = ensure_record(model)
     record.recipe, record.report = recipe.to_dict(), report.summary()
     return report
+
+
+# What a recipe that leaves these unset gets, unless its model's family says otherwise (`Adapter.oneshot_defaults`).
+LIBRARY_DEFAULTS = {"rearrange": True, "tune": True, "reconstruct": True}
+
+
+def _resolved(recipe: Recipe, adapter, structured: list) -> Recipe:
+    """`recipe` with its unset fields filled: by the family's one-shot defaults when it prunes heads and neurons
+    only (what the family's measurements were of), else by the library's. The report and the checkpoint's record
+    then say what was actually done."""
+    family = adapter.oneshot_defaults if structured and set(structured) <= {"heads", "neurons"} else {}
+    unset = {k: v for k, v in {**LIBRARY_DEFAULTS, **family}.items() if getattr(recipe, k) is None}
+    return replace(recipe, **unset) if unset else recipe
 
 
 def _check_given_scores(scores: Scores, before, recipe: Recipe) -> None:
