@@ -34,12 +34,13 @@ import transformers
 
 import hfprune
 from scripts.benchmarks.report import run_header, write_report
-from scripts.benchmarks.speech_eval_set import speech_eval_set, wer
+from scripts.benchmarks.speech_eval_set import TRAIN_SENTENCES, fortune_sentences, speech_eval_set, wer
 from scripts.tools.convert_ctranslate2_whisper import convert, default_source, input_features
 
 ROOT = Path(__file__).resolve().parents[2]
 ONESHOT_RECIPE = ROOT / "recipes" / "whisper-oneshot-fisher.yaml"
 GRADUAL_RECIPE = ROOT / "recipes" / "whisper-gradual-fisher.yaml"
+FAST_RECIPE = ROOT / "recipes" / "whisper-fast-generate.yaml"
 ENCODER_FRAMES = 1500  # Whisper always encodes 30 s: 3000 mel frames, 1500 after the conv stem
 MAX_NEW_TOKENS = 64  # the sentences are at most 15 words; a pruned model that rambles is cut here
 
@@ -47,7 +48,16 @@ MAX_NEW_TOKENS = 64  # the sentences are at most 15 words; a pruned model that r
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fractions", default="0.8,0.6,0.4", help="encoder + decoder FLOPs fractions to keep")
-    parser.add_argument("--methods", default="one-shot,fine-tuned", help="subset of one-shot,fine-tuned")
+    parser.add_argument("--methods", default="one-shot,defaults", help=f"subset of {list(METHODS)}")
+    parser.add_argument("--default-clips", type=int, default=16,
+                        help="unlabelled clips given to the `defaults` method (a user's few clips)")
+    parser.add_argument("--distill-minutes", type=float, default=30,
+                        help="with --fast-recipe: minutes of training with the dense teacher (0: no distilled row)")
+    parser.add_argument("--fast-recipe", default=str(FAST_RECIPE), help="one-shot recipe of the distilled row")
+    parser.add_argument("--distill-sentences", type=int, default=96,
+                        help="fortune quotes spoken for distillation, besides the 32 train sentences")
+    parser.add_argument("--distill-alpha", type=float, default=1.0, help="KL weight against the transcripts' CE")
+    parser.add_argument("--distill-lr", type=float, default=1e-4)
     parser.add_argument("--num-samples", type=int, default=64, help="unlabelled calibration clips (one-shot)")
     parser.add_argument("--steps", type=int, default=40, help="fine-tuning steps (batch --batch-size)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -149,7 +159,68 @@ def fine_tuned(dense, fraction: float, context: dict):
     return model.eval()
 
 
-METHODS = {"one-shot": one_shot, "fine-tuned": fine_tuned}
+def defaults(dense, fraction: float, context: dict):
+    """What a user who names only a budget gets: `Recipe(target={"flops": f})` on a few unlabelled clips."""
+    model = copy.deepcopy(dense)
+    clips = context["args"].default_clips
+    hfprune.prune(model, hfprune.Recipe(target={"flops": fraction}), calibration=context["calibration"][: clips // 8])
+    return model
+
+
+METHODS = {"one-shot": one_shot, "defaults": defaults, "fine-tuned": fine_tuned}
+
+
+class StopAfter(transformers.TrainerCallback):
+    """Ends training once `minutes` of wall time have passed (the training budget of a CPU)."""
+
+    def __init__(self, minutes: float):
+        self.seconds, self.start = minutes * 60, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.perf_counter() - self.start > self.seconds:
+            control.should_training_stop = True
+
+
+def distill_set(dense, processor, args) -> SpeechTrainSet:
+    """`--distill-sentences` fortune quotes plus the train sentences, spoken by the train voices at the train
+    speeds, labelled with the dense model's own transcripts (what a user with unlabelled audio has); the
+    transcripts are cached beside the clips."""
+    import hashlib
+    import json
+
+    sentences = [*TRAIN_SENTENCES, *fortune_sentences(args.distill_sentences)]
+    data = speech_eval_set(args.cache_dir, splits=("train",), train_sentences=sentences)["train"]
+    features = features_of(processor, data)
+    key = hashlib.sha1("\n".join(sentences).encode()).hexdigest()[:12]
+    cache = Path(args.cache_dir) / f"transcripts-{key}.json"
+    if cache.is_file():
+        texts = json.loads(cache.read_text())
+    else:
+        texts = transcribe(dense, processor, features, batch_size=16)
+        cache.write_text(json.dumps(texts))
+    return SpeechTrainSet(features, [label_ids(processor, t) for t in texts])
+
+
+def distilled(dense, context: dict):
+    """One-shot to `--fast-recipe`, then training with the dense model as teacher for `--distill-minutes`."""
+    args = context["args"]
+    model = copy.deepcopy(dense)
+    hfprune.prune(model, hfprune.Recipe.load(args.fast_recipe), calibration=context["calibration"])
+    distiller = hfprune.Distiller(model, {"alpha": args.distill_alpha, "temperature": 2.0}, teacher=dense)
+    training_args = transformers.Seq2SeqTrainingArguments(
+        output_dir=str(Path(args.out_dir) / "trainer"), max_steps=100_000, per_device_train_batch_size=args.batch_size,
+        learning_rate=args.distill_lr, warmup_steps=20, lr_scheduler_type="constant_with_warmup", logging_steps=20,
+        save_strategy="no", report_to=[], seed=0, use_cpu=True, disable_tqdm=True,
+    )
+    trainer = transformers.Seq2SeqTrainer(model=model, args=training_args, train_dataset=context["distill_train"],
+                                          data_collator=collate, callbacks=[StopAfter(args.distill_minutes)])
+    trainer.train()
+    distiller.detach()
+    context["distill_steps"] = trainer.state.global_step
+    return model.eval()
 
 
 def run(args) -> list[dict]:
@@ -185,6 +256,13 @@ def run(args) -> list[dict]:
             start = time.perf_counter()
             models.append(METHODS[name](dense, fraction, context))
             rows.append(measure(name, fraction, models[-1], time.perf_counter() - start, dense_flops)[0])
+    if args.distill_minutes:
+        context["distill_train"] = distill_set(dense, processor, args)
+        start = time.perf_counter()
+        models.append(distilled(dense, context))
+        row = measure("one-shot + distilled", 0.0, models[-1], time.perf_counter() - start, dense_flops)[0]
+        row["fraction"], row["steps"] = row["flops_kept"], context["distill_steps"]
+        rows.append(row)
     # Timed at the end, in rounds over all models, so a slower stretch of a shared machine hits them alike.
     seconds, speedups = latencies(models, timed, decoder_len, args.latency_rounds)
     for row, latency_s, speedup in zip(rows, seconds, speedups, strict=True):
