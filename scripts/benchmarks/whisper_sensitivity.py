@@ -52,8 +52,8 @@ MODES = {
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--groups", default=",".join(GROUPS), help=f"subset of {list(GROUPS)}")
-    parser.add_argument("--shares", default="0.25,0.5", help="shares of each structure's units removed")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {list(MODES)} (heads and neurons)")
+    parser.add_argument("--shares", default="0.25", help="shares of each structure's units removed")
+    parser.add_argument("--modes", default="plain,reconstruct", help=f"subset of {list(MODES)} (heads and neurons)")
     parser.add_argument("--num-samples", type=int, default=64, help="unlabelled calibration clips")
     parser.add_argument("--test-clips", type=int, default=48,
                         help="evaluate on N test clips spread evenly over voices, speeds and sentences (0: all 96)")
@@ -159,8 +159,10 @@ def markdown(rows: list[dict], args) -> str:
     for group in args.groups.split(","):
         cells = []
         for share, mode in columns:
-            found = [r for r in rows if r["group"] == group and r["share"] == share
-                     and r["mode"] == (mode if GROUPS[group][0] != "layers" else "plain")]
+            if GROUPS[group][0] == "layers" and mode != "plain":
+                cells.append("(no refinement)")
+                continue
+            found = [r for r in rows if r["group"] == group and r["share"] == share and r["mode"] == mode]
             cells.append(f"{found[0]['wer'] * 100:.1f} ({found[0]['flops_kept']:.2f})" if found else "")
         lines.append(f"| {group} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
