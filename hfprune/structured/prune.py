@@ -106,7 +106,7 @@ def prune(
     weights = recipe.weights
     if structured and recipe.criterion == "movement":
         raise RecipeError("movement scores accumulate during training: use hfprune.PruningCallback, not prune()")
-    recipe = _resolved(recipe, prepared_adapter(model), structured)
+    asked, recipe = recipe, _resolved(recipe, prepared_adapter(model), structured)
     if weights is not None:
         _check_weight_pattern(model, recipe, weights)
     if structured and recipe.add_bias:
@@ -146,7 +146,14 @@ def prune(
         elif structured == ["layers"]:
             prune_layers(model, recipe, batches, before, report)
         elif structured:
-            _prune_units(model, recipe, batches, before, report, scores)
+            try:
+                _prune_units(model, recipe, batches, before, report, scores)
+            except RecipeError as error:
+                if asked.sites is None and recipe.sites is not None:
+                    raise RecipeError(f"{error} (one-shot on {model.config.model_type} prunes only {recipe.sites} "
+                                      "unless a recipe names its `sites`: what survives it without training, as "
+                                      "measured; `sites: ['*']` lets it remove the rest too)") from error
+                raise
         if weights is not None:
             # After the surgery: only what is left is sparsified, calibrated on the already shrunk model.
             with report.phase("weight sparsity"):
