@@ -480,5 +480,5 @@ def test_scores_of_one_run_prune_a_copy_like_scoring_again():
     batch = inputs("bert")
     with torch.no_grad():
         torch.testing.assert_close(second(**batch).logits, again(**batch).logits)
-    with pytest.raises(hfprune.RecipeError, match=r"the scores given are not of this model: .* has \d+ (heads|neurons)"):
+    with pytest.raises(hfprune.RecipeError, match=r"scores given are not of this model: .* has \d+ (heads|neurons)"):
         hfprune.prune(first, recipe, calibration("bert", labels=True), scores=report.scores)

@@ -18,10 +18,10 @@ from dataclasses import replace
 import torch
 import torch.nn as nn
 
+from ..arch import STRUCTURE_OF_KIND
 from ..calibration.batches import check_calibration, check_label_coverage
 from ..calibration.lengths import mean_lengths
 from ..calibration.seq2seq import with_decoder_inputs
-from ..arch import STRUCTURE_OF_KIND
 from ..core import AttentionSite, prepared_adapter, resolve_sites
 from ..core.bias import add_biases, bias_sites
 from ..core.masks import SoftMasks

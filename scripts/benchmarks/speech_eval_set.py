@@ -152,7 +152,9 @@ def speech_eval_set(
     return datasets.DatasetDict(result)
 
 
-def fortune_sentences(count: int, seed: int = 0, topics: Sequence[str] = ("work", "science", "art", "people")) -> list[str]:
+def fortune_sentences(
+    count: int, seed: int = 0, topics: Sequence[str] = ("work", "science", "art", "people")
+) -> list[str]:
     """`count` real English one-sentence quotes from Debian's `fortunes` (`apt-get install fortunes`), 6 to 16
     words of plain letters and punctuation (no digits, quotes or attributions), in a seeded order: more varied
     speech to train on than `TRAIN_SENTENCES`, never one of `TEST_SENTENCES`."""
