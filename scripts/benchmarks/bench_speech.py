@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import time
 from dataclasses import replace
@@ -69,6 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model-dir", default="out/whisper-tiny.en", help="cache of the converted dense model")
     parser.add_argument("--cache-dir", default="out/speech_eval_set", help="cache of the espeak-ng clips")
     parser.add_argument("--out-dir", default="bench_out")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the last run's report from its json")
     return parser.parse_args(argv)
 
 
@@ -278,22 +280,29 @@ def markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {row['method']} | {row['flops_kept']:.3f} | {row['wer']:.2%} | "
             f"{(row['wer'] - dense['wer']) * 100:+.1f} | {row['latency_s'] * 1e3:.0f} ms | {row['speedup']:.2f}x | "
-            f"{row['speedup'] * row['flops_kept']:.2f} | {row['prune_s']:.0f} s |"
+            f"{row['speedup'] * row['flops_kept']:.2f} | {row['prune_s']:.0f} s"
+            + (f", {row['steps']} steps |" if "steps" in row else " |")
         )
     return "\n".join(lines)
 
 
 def goals(rows: list[dict]) -> list[str]:
+    """The issue's goals: one-shot without training within 2 WER points of dense at 90 % FLOPs and within 5 at
+    80 %, with the shipped recipe and with a budget alone; generate() at least 2x faster and within 3 points
+    after at most 30 minutes of training."""
     dense = rows[0]
-    at_60 = [r for r in rows if r["method"] == "fine-tuned" and r["fraction"] == 0.6]
     lines = []
-    if at_60:
-        gap = (at_60[0]["wer"] - dense["wer"]) * 100
-        lines.append(f"- 60% FLOPs after fine-tuning, WER within 2 points of dense: {gap:+.1f} points -> "
-                     f"{'PASS' if gap <= 2 else 'FAIL'}")
-    efficiency = min(r["speedup"] * r["flops_kept"] for r in rows[1:]) if rows[1:] else 0
-    lines.append(f"- generate() speedup >= 0.8x the FLOPs ratio: lowest {efficiency:.2f} -> "
-                 f"{'PASS' if efficiency >= 0.8 else 'FAIL'}")
+    for method, label in (("one-shot", "shipped recipe"), ("defaults", "Recipe(target=...) alone")):
+        for fraction, limit in ((0.9, 2), (0.8, 5)):
+            found = [r for r in rows if r["method"] == method and r["fraction"] == fraction]
+            if found:
+                gap = (found[0]["wer"] - dense["wer"]) * 100
+                lines.append(f"- {label}, {fraction:.0%} FLOPs, no training, WER within {limit} points of dense: "
+                             f"{gap:+.1f} -> {'PASS' if gap <= limit else 'FAIL'}")
+    for row in (r for r in rows if r["method"] == "one-shot + distilled"):
+        gap = (row["wer"] - dense["wer"]) * 100
+        lines.append(f"- generate() halved and WER within 3 points after <= 30 min of training: {row['speedup']:.2f}x, "
+                     f"{gap:+.1f} points -> {'PASS' if row['speedup'] >= 2 and gap <= 3 else 'FAIL'}")
     return lines
 
 
@@ -328,7 +337,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.manual_seed(0)
     start = time.perf_counter()
-    rows = run(args)
+    if args.report_only:  # rewrite the report of the last run (same --out-dir) from its rows
+        rows = json.loads((Path(args.out_dir) / "bench_speech.json").read_text())
+    else:
+        rows = run(args)
     text = "\n".join([run_header(__file__, start), "", markdown(rows), "", *goals(rows)])
     path = write_report(args.out_dir, "bench_speech", text, rows)
     plot(rows, path.with_suffix(".png"))
