@@ -33,3 +33,9 @@ class HubError(HfpruneError, RuntimeError):
     """Publishing to the Hugging Face Hub failed (no token, refused token, no such namespace, no network).
 
     The message says what to do; it never contains the token, and the files that were to be pushed are kept."""
+
+
+class UnsupportedTrainingError(HfpruneError, ValueError):
+    """A training setup the pruning callback cannot prune correctly (FSDP1, DeepSpeed ZeRO-3, tensor parallelism).
+
+    Raised at train begin, before anything is gated, and naming what is supported."""

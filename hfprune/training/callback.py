@@ -20,7 +20,10 @@ The callback's state (gates, accumulated scores, recipe) is written into every T
 `hfprune_callback.json`; a run resumed with `resume_from_checkpoint` picks it up and ends with the same model as
 an uninterrupted run. Resuming with a different recipe is an error.
 
-Under `torchrun` / `accelerate launch` every rank decides the same masks and ends with the same model.
+Under `torchrun` / `accelerate launch` every rank decides the same masks and ends with the same model, whether
+each process holds the whole model (DDP) or a shard of it (FSDP2, `fully_shard`; the model is gathered before the
+cut and saved unsharded). FSDP1, DeepSpeed ZeRO-3 and tensor parallelism are refused at train begin
+(`sharding.py`).
 
 The pruning metrics (`hfprune/flops_kept`, `hfprune/params_kept`, `hfprune/sparsity`, `hfprune/heads_kept`,
 `hfprune/neurons_kept`; `hfprune/weight_sparsity` for weights) are added to every Trainer log, so the console,
@@ -31,18 +34,21 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
 
 from ..core import prepared_adapter
-from ..errors import RecipeError
+from ..errors import RecipeError, UnsupportedTrainingError
 from ..recipe import Recipe
 from ..settings import DistillSettings
 from .distill import Distiller
+from .sharding import SUPPORTED, check_sharding
 from .strategy import PruningStrategy
 from .structured_strategy import StructuredPruning
 from .weights_strategy import WeightPruning
@@ -54,6 +60,7 @@ if TYPE_CHECKING:
     from .schedule import Schedule
 
 CALLBACK_STATE = "hfprune_callback.json"
+logger = logging.get_logger(__name__)
 
 
 class PruningCallback(TrainerCallback):
@@ -154,6 +161,7 @@ class PruningCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._run_before_reporters()  # again, for a callback added with `trainer.add_callback`
         prepared_adapter(model)
+        self.strategy.sharded = self._check_sharding(model, args)
         self.strategy.resolve_schedule(args, state.max_steps)
         saved = self._saved_state(args, state)
         if saved and self.distill is not None and self.teacher is None:
@@ -221,6 +229,22 @@ class PruningCallback(TrainerCallback):
                    for owner in owners):
                 holder.remove(self)
                 holder.insert(0, self)
+
+    def _check_sharding(self, model, args) -> bool:
+        """Whether `model` is sharded by FSDP2; refuse the setups this callback cannot prune correctly."""
+        sharded = check_sharding(model, args)
+        if sharded and not self.strategy.supports_fsdp2:
+            raise UnsupportedTrainingError(
+                f"{type(self.strategy).__name__} (structures: {self.recipe.structures}) does not support FSDP2 yet: "
+                "heads and neurons do; or train weight sparsity under DDP"
+            )
+        asked = bool(getattr(args, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+        if asked and not sharded and getattr(args, "world_size", 1) > 1:
+            # accelerate (1.15) applies an FSDP plugin only on accelerators: with MULTI_CPU it trains with DDP.
+            logger.warning("PruningCallback: FSDP was asked for, but the model is not sharded (accelerate turns FSDP "
+                           "on for GPUs and other accelerators only, and trains on CPU with DDP); each process "
+                           "holds the whole model. %s.", SUPPORTED)
+        return sharded
 
     # ---------------------------------------------------------------------------------------- checkpoints
 

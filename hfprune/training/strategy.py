@@ -22,12 +22,18 @@ class PruningStrategy:
     Attributes:
         schedule: the `Schedule` in optimizer steps, resolved at train begin (`resolve_schedule`).
         metrics: the pruning metrics `PruningCallback` adds to every Trainer log.
+        sharded: whether the model is sharded by FSDP2 (set by `PruningCallback` at train begin, see
+            `sharding.py`).
     """
+
+    # Whether the strategy can prune a model whose parameters are FSDP2 DTensors; the callback refuses otherwise.
+    supports_fsdp2 = False
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
         self.schedule: Schedule | None = None
         self.metrics: dict[str, float] = {}
+        self.sharded = False
 
     # ------------------------------------------------------------------------------------ to implement
 

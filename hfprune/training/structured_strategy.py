@@ -10,7 +10,9 @@ instead (single process), the optimizer's state sliced like the weights (`optimi
 training runs on the small model.
 
 Under `torchrun` / `accelerate launch`, gate gradients (and movement scores) are averaged over processes before
-they are scored, so every rank decides the same masks and ends with the same model.
+they are scored, so every rank decides the same masks and ends with the same model. Under FSDP2 the weights are
+sharded DTensors: scores read from them are gathered whole (`sharding.whole`), and at train end the model is
+gathered and unwrapped (`sharding.unshard_in_place`) before the cut, so it saves as a normal checkpoint.
 
 Logged: `hfprune/flops_kept`, `hfprune/params_kept`, `hfprune/sparsity`, `hfprune/heads_kept`,
 `hfprune/neurons_kept`.
@@ -34,6 +36,7 @@ from ..structured.criteria import Scores, compute_scores, movement_step
 from ..structured.search import Plan, planned_cost, search
 from .optimizer_state import follow_surgery
 from .schedule import Schedule
+from .sharding import unshard_in_place, whole
 from .strategy import PruningStrategy
 
 logger = logging.get_logger(__name__)
@@ -67,6 +70,8 @@ class StructuredPruning(PruningStrategy):
         shrunk: whether the pruned units were already removed physically.
     """
 
+    supports_fsdp2 = True
+
     def __init__(self, recipe: Recipe, seq_len: int | None = None, encoder_seq_len: int | None = None):
         super().__init__(recipe)
         self.metric = recipe.target.metric
@@ -99,7 +104,9 @@ class StructuredPruning(PruningStrategy):
     def check_shrink(self, schedule: Schedule, args) -> Schedule:
         # Where shrinking early cannot work, the model shrinks at train end: the same model, only slower to train.
         reason = None
-        if args.world_size > 1:
+        if self.sharded:
+            reason = "FSDP2 shards the parameters; they are gathered and cut once, at train end"
+        elif args.world_size > 1:
             reason = (f"it needs a single process (DDP registers the parameters with its wrapper, which surgery "
                       f"cannot change); {args.world_size} processes")
         elif args.load_best_model_at_end:
@@ -136,6 +143,9 @@ class StructuredPruning(PruningStrategy):
             return
         heads, neurons = movement_step(model)
         for name, score in [*heads.items(), *neurons.items()]:
+            # Under FSDP2 the sums over sharded weights are DTensors, already over the global gradient: gathered
+            # whole, they are the same on every process, and the mean over processes leaves them as they are.
+            score = whole(score)
             if name in self.accumulated:
                 self.accumulated[name] += _mean_over_processes(score.to(self.accumulated[name].device))
 
@@ -184,6 +194,9 @@ class StructuredPruning(PruningStrategy):
         heads, neurons = self.masks.zeros()
         self.masks.remove()
         self.masks, self.accumulated = None, {}
+        if self.sharded:  # the cut needs whole weights, and the saved model must not be FSDP's
+            unshard_in_place(model)
+            self.sharded = False
         with replacements() as replaced:
             remove_heads(model, heads)
             remove_neurons(model, neurons)
@@ -195,6 +208,8 @@ class StructuredPruning(PruningStrategy):
     def _scores(self, model) -> Scores:
         if self.recipe.criterion == "magnitude":
             scores = compute_scores(model, "magnitude", [])
+            scores.heads = {name: whole(score) for name, score in scores.heads.items()}
+            scores.neurons = {name: whole(score) for name, score in scores.neurons.items()}
         else:
             scores = Scores(
                 {n: self.accumulated[n].clone() for n in self.masks.heads},

@@ -1,0 +1,165 @@
+"""Training sharded models: what `PruningCallback` supports, and how it reads and ends a sharded model.
+
+Under FSDP2 (`torch.distributed.fsdp.fully_shard`, what `accelerate launch` with `fsdp_version: 2` applies) every
+parameter and gradient of the model is a `DTensor`, each process holding one slice (`Shard(0)`) of it. The gates
+(`SoftMasks`) are not parameters: they scale activations, which FSDP2 leaves whole, so gates and the Fisher/Taylor
+scores read from them work as under DDP. What reads the weights (magnitude, movement) gets DTensors back and
+turns them into whole tensors (`whole`), identical on every process. At train end the model is gathered and
+turned back into a plain module (`unshard_in_place`), so the surgery cuts whole weights and the saved checkpoint
+is a normal, unsharded one.
+
+Other ways of splitting a model across processes are refused at train begin (`check_sharding`) with an error that
+names what is supported, rather than pruning each process's slice on its own: FSDP1 (`FullyShardedDataParallel`,
+flat parameters), DeepSpeed ZeRO-3 (partitioned parameters), and DTensors on more than one mesh dimension or not
+sharded along dim 0 (tensor parallelism, HSDP).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..errors import UnsupportedTrainingError
+
+SUPPORTED = (
+    "PruningCallback supports a whole model on each process (one process, DDP via torchrun / accelerate launch) "
+    "and FSDP2 (torch.distributed.fsdp.fully_shard, accelerate's fsdp_version: 2) on a 1-D device mesh"
+)
+
+
+def _dtensor_class():
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        return None
+    return DTensor
+
+
+def is_dtensor(tensor) -> bool:
+    dtensor = _dtensor_class()
+    return dtensor is not None and isinstance(tensor, dtensor)
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` as a plain tensor: a DTensor is gathered (a collective: every process calls it, in the same order);
+    anything else is returned as it is."""
+    return tensor.full_tensor() if is_dtensor(tensor) else tensor
+
+
+def check_sharding(model: nn.Module, args=None) -> bool:
+    """Refuse what the callback cannot prune correctly; say whether `model` is sharded by FSDP2.
+
+    Args:
+        model: the model the Trainer trains (after `accelerator.prepare`, i.e. at `on_train_begin`).
+        args: the `TrainingArguments`, if at hand: a DeepSpeed ZeRO-3 config is refused even before its
+            parameters are partitioned.
+
+    Returns:
+        True for an FSDP2 model, False for a whole one.
+
+    Raises:
+        UnsupportedTrainingError: FSDP1, DeepSpeed ZeRO-3, or DTensors laid out otherwise than FSDP2 on one mesh
+            dimension.
+    """
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:
+        FullyShardedDataParallel = ()  # noqa: N806
+    if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()) or any(
+        getattr(p, "_is_flat_param", False) for p in model.parameters()
+    ):
+        raise UnsupportedTrainingError(
+            f"the model is wrapped by FSDP1 (FullyShardedDataParallel, flat parameters): {SUPPORTED}. With "
+            "accelerate, set fsdp_version: 2 (see recipes/accelerate-fsdp2.yaml)"
+        )
+    if any(hasattr(p, "ds_id") for p in model.parameters()) or _zero_stage(args) == 3:
+        raise UnsupportedTrainingError(
+            f"DeepSpeed ZeRO-3 partitions the parameters, which the callback cannot gate or cut: {SUPPORTED}. "
+            "ZeRO stages 1 and 2 keep whole parameters on every process and work as DDP does"
+        )
+    sharded = [(name, p) for name, p in model.named_parameters() if is_dtensor(p)]
+    for name, parameter in sharded:
+        placements = tuple(parameter.placements)
+        if parameter.device_mesh.ndim != 1 or not _is_fsdp_placement(placements[0]):
+            raise UnsupportedTrainingError(
+                f"parameter {name} is a DTensor with placements {placements} on a {parameter.device_mesh.ndim}-D "
+                f"mesh (tensor parallelism or HSDP): {SUPPORTED}"
+            )
+    return bool(sharded)
+
+
+def _is_fsdp_placement(placement) -> bool:
+    from torch.distributed.tensor import Replicate, Shard
+
+    return isinstance(placement, Replicate) or (isinstance(placement, Shard) and placement.dim == 0)
+
+
+def _zero_stage(args) -> int | None:
+    config = getattr(args, "hf_deepspeed_config", None)
+    if config is None:
+        return None
+    stage = getattr(config, "config", {}).get("zero_optimization", {}).get("stage")
+    return int(stage) if stage is not None else None
+
+
+@torch.no_grad()
+def whole_copy(model: nn.Module) -> nn.Module:
+    """A plain, frozen copy of an FSDP2 `model` with every weight gathered (the default teacher: FSDP2 modules refuse
+    `copy.deepcopy`). Every process calls it; each ends with the whole model."""
+    cls = _plain_class(type(model))
+    state = {name: whole(tensor).detach().clone() for name, tensor in model.state_dict().items()}
+    with torch.device("meta"):
+        copy = cls(model.config)
+    copy.to_empty(device=next(iter(state.values())).device)
+    copy.load_state_dict(state, strict=True)
+    # Buffers left out of the state dict (rotary frequencies) are whole under FSDP2: copy them as they are.
+    for name, buffer in model.named_buffers():
+        copy.get_buffer(name).copy_(whole(buffer))
+    return copy.requires_grad_(False)
+
+
+@torch.no_grad()
+def unshard_in_place(model: nn.Module) -> None:
+    """Turn an FSDP2 `model` back into the plain module it was: gather every parameter whole on every process, and
+    take FSDP2's hooks, state and wrapper classes off, so the surgery can cut it and it saves as a normal
+    checkpoint. A collective: every process calls it."""
+    from torch.distributed._composable.contract import REGISTRY_KEY, STATE_KEY
+    from torch.distributed._composable_state import _module_state_mapping
+    from torch.distributed.fsdp import FSDPModule
+
+    fsdp_modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for module in fsdp_modules:
+        module.reshard()  # an evaluation pass may have left a group gathered; its DTensors are the parameters again
+    gathered: dict[nn.Parameter, nn.Parameter] = {}  # tied weights stay tied
+    for module in model.modules():  # the same order on every process, as the collectives need
+        for key, parameter in module._parameters.items():
+            if parameter is None or not is_dtensor(parameter):
+                continue
+            if parameter not in gathered:
+                gathered[parameter] = nn.Parameter(parameter.full_tensor().detach().clone(),
+                                                   requires_grad=parameter.requires_grad)
+            module._parameters[key] = gathered[parameter]
+    for module in fsdp_modules:
+        state = module._get_fsdp_state()
+        for handle in {state._pre_forward_hook_handle, state._post_forward_hook_handle}:
+            handle.remove()
+        _module_state_mapping.pop(module, None)
+        for key in (STATE_KEY, REGISTRY_KEY):
+            module.__dict__.pop(key, None)
+        # register_fsdp_forward_method (the Trainer registers `generate`) puts a wrapper on the instance.
+        for name, value in list(module.__dict__.items()):
+            if getattr(value, "__func__", None) is not None and value.__func__.__name__ == name:
+                del module.__dict__[name]
+        module.__class__ = _plain_class(type(module))
+    for module in model.modules():
+        for flag in ("_is_fsdp_managed_module", "_fsdp_use_orig_params"):
+            module.__dict__.pop(flag, None)
+
+
+def _plain_class(cls: type) -> type:
+    """The model's own class under FSDP2's dynamic `FSDP<Class>` wrapper class."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if issubclass(cls, FSDPModule):
+        return next(base for base in cls.__bases__ if base is not FSDPModule)
+    return cls
