@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import transformers
 from tiny_models import build
 
 import hfprune
@@ -132,3 +133,34 @@ def test_deepspeed_zero3_is_refused():
         check_sharding(build("bert"), SimpleNamespace(hf_deepspeed_config=config))
     config.config["zero_optimization"]["stage"] = 2
     assert check_sharding(build("bert"), SimpleNamespace(hf_deepspeed_config=config)) is False
+
+
+def test_accelerate_launch_with_the_fsdp2_config_file(tmp_path):
+    """The real launcher with the shipped FSDP2 config, driving the example script on 2 CPU processes. accelerate
+    1.15 does not apply FSDP on CPU (the Trainer gets DistributedType.MULTI_CPU, i.e. DDP): the run must still
+    prune and save, and the callback must say that the model was not sharded."""
+    from test_cli import WORDS, write_sources
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    model = build("bert", vocab_size=len(WORDS) + 5, num_labels=2, id2label={0: "animal", 1: "thing"},
+                  label2id={"animal": 0, "thing": 1})
+    model.save_pretrained(tmp_path / "model")
+    transformers.BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(tmp_path / "model")
+    recipe = tmp_path / "gradual.yaml"
+    recipe.write_text("target: {flops: 0.5}\ncriterion: fisher\nround_neurons: 4\n"
+                      "schedule: {type: cubic, start: 1, end: 3, every: 1}\ndistill: {alpha: 0.5}\n")
+    root = HERE.parent
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(root / "scripts" / "examples" / "accelerate_fsdp2.yaml"), "--main_process_port", "0",
+               str(root / "scripts" / "examples" / "run_text_classification.py"), "--model", str(tmp_path / "model"),
+               "--recipe", str(recipe), "--train_file", str(write_sources(tmp_path)["csv"]),
+               "--output_dir", str(tmp_path / "out"), "--max_steps", "4", "--per_device_train_batch_size", "4"]
+    environment = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "CUDA_VISIBLE_DEVICES": "",
+                   "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("FSDP was asked for, but the model is not sharded") == 2, "one warning per process"
+    assert "each of the 2 process(es) holds the whole model" in result.stderr
+    pruned = hfprune.from_pretrained(tmp_path / "out")
+    assert hfprune.count(pruned).flops <= 0.5 * hfprune.count(model).flops + 1  # at the budget's seq_len, 128

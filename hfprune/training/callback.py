@@ -239,11 +239,12 @@ class PruningCallback(TrainerCallback):
                 "heads and neurons do; or train weight sparsity under DDP"
             )
         asked = bool(getattr(args, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
-        if asked and not sharded and getattr(args, "world_size", 1) > 1:
-            # accelerate (1.15) applies an FSDP plugin only on accelerators: with MULTI_CPU it trains with DDP.
+        if asked and not sharded:
+            # accelerate (1.15) applies an FSDP plugin only on accelerators: on CPU it trains with DDP (MULTI_CPU),
+            # or, without use_cpu, as independent processes.
             logger.warning("PruningCallback: FSDP was asked for, but the model is not sharded (accelerate turns FSDP "
-                           "on for GPUs and other accelerators only, and trains on CPU with DDP); each process "
-                           "holds the whole model. %s.", SUPPORTED)
+                           "on for GPUs and other accelerators only); each of the %d process(es) holds the whole "
+                           "model. %s.", getattr(args, "world_size", 1), SUPPORTED)
         return sharded
 
     # ---------------------------------------------------------------------------------------- checkpoints

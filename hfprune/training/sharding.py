@@ -70,7 +70,7 @@ def check_sharding(model: nn.Module, args=None) -> bool:
     ):
         raise UnsupportedTrainingError(
             f"the model is wrapped by FSDP1 (FullyShardedDataParallel, flat parameters): {SUPPORTED}. With "
-            "accelerate, set fsdp_version: 2 (see recipes/accelerate-fsdp2.yaml)"
+            "accelerate, set fsdp_version: 2 (see scripts/examples/accelerate_fsdp2.yaml)"
         )
     if any(hasattr(p, "ds_id") for p in model.parameters()) or _zero_stage(args) == 3:
         raise UnsupportedTrainingError(
