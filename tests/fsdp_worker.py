@@ -10,11 +10,13 @@ FSDP2-aware `save_model`. Only one thing is forced, because accelerate 1.15 refu
 turns an FSDP plugin into `DistributedType.FSDP` only for GPU-like distributed types (MULTI_GPU, MULTI_NPU, ...),
 and with MULTI_CPU it drops the plugin and trains with DDP, silently. `fsdp_on_cpu` sets what it would have set.
 
-Runs (RUNS): the ddp_worker runs, plus `bert+magnitude`, and `bert+resume` / `bert+stop` (a run killed after the
-checkpoint of step 6, then resumed from it). REFUSED: setups the callback must refuse at train begin (FSDP1, HSDP
-on a 2-D mesh, a weights recipe under FSDP2), driven through `on_train_begin` directly because accelerate cannot
-prepare FSDP1 on CPU ("no available devices found"); and `fallback`, the Trainer asked for FSDP2 on CPU without
-`fsdp_on_cpu`, where the callback warns that accelerate trains with DDP.
+Runs (RUNS): the ddp_worker runs, plus `bert+magnitude`; `bert+resume` (a run killed after the checkpoint of step
+6, then resumed from it); SHARDED_TEACHER (llama+distill with a teacher sharded by `fully_shard` too).
+
+REFUSED: setups the callback must refuse at train begin (FSDP1, HSDP on a 2-D mesh, a weights recipe under FSDP2),
+driven through `on_train_begin` directly because accelerate cannot prepare FSDP1 on CPU ("There are currently no
+available devices found"); and `fallback`, the Trainer asked for FSDP2 on CPU without `fsdp_on_cpu`, where the
+callback warns that accelerate trains with DDP.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import hfprune
 from hfprune.core.record import get_record
 
 RUNS = {**DDP_RUNS, "bert+magnitude": ("bert", "magnitude", False)}
+# Distillation from a teacher sharded like the student (passed in), against the same 1-process run.
+SHARDED_TEACHER = "llama+distill+sharded-teacher"
 LAYER = {"bert": "BertLayer", "llama": "LlamaDecoderLayer"}
 REFUSED = ("fsdp1", "hsdp", "weights", "fallback")
 
@@ -63,7 +67,7 @@ def run(name: str, output_dir: str | Path, batch: int, steps: int = 10, fsdp: in
         resume: bool = False, teacher: torch.nn.Module | None = None, shim: bool = True) -> dict:
     """Train configuration `name` (per-device batch `batch`) under FSDP `fsdp` (2, 1, or None: no FSDP); write and
     return this process's result."""
-    family, criterion, distill = RUNS[name.replace("+resume", "")]
+    family, criterion, distill = RUNS[name.replace("+resume", "").replace("+sharded-teacher", "")]
     output = Path(output_dir)
     model = build(family, **NO_DROPOUT[family])
     recipe = hfprune.Recipe(
@@ -71,7 +75,6 @@ def run(name: str, output_dir: str | Path, batch: int, steps: int = 10, fsdp: in
         schedule={"type": "cubic", "start": 2, "end": 8, "every": 2},
         distill={"alpha": 0.5, "temperature": 2.0} if distill else {"alpha": 0.0},
     )
-    callback = hfprune.PruningCallback(recipe, seq_len=10, teacher=teacher)
     sharding = {} if fsdp is None else dict(
         fsdp=True, fsdp_config={"version": fsdp, "transformer_layer_cls_to_wrap": [LAYER[family]]})
     args = transformers.TrainingArguments(
@@ -80,6 +83,15 @@ def run(name: str, output_dir: str | Path, batch: int, steps: int = 10, fsdp: in
         disable_tqdm=True, average_tokens_across_devices=family != "bert",
         save_strategy="steps" if stop or resume else "no", save_steps=6, **sharding,
     )
+    if name == SHARDED_TEACHER:  # the process group exists once the arguments are built
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        teacher, mesh = build(family, **NO_DROPOUT[family]), init_device_mesh("cpu", (2,))
+        for layer in teacher.model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(teacher, mesh=mesh)
+    callback = hfprune.PruningCallback(recipe, seq_len=10, teacher=teacher)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=Topics(causal=family == "llama"),
                                    callbacks=[callback, *([StopAt(stop)] if stop else [])])
     if fsdp is not None and shim:
@@ -173,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir")
     parser.add_argument("--batch", type=int, default=4, help="per-device batch size")
-    parser.add_argument("--runs", nargs="+", default=[*RUNS, "bert+resume", *REFUSED])
+    parser.add_argument("--runs", nargs="+", default=[*RUNS, "bert+resume", SHARDED_TEACHER, *REFUSED])
     options = parser.parse_args(argv)
     out = Path(options.output_dir)
     for name in options.runs:

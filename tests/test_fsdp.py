@@ -85,6 +85,16 @@ def test_fsdp2_ranks_end_identical_and_equal_to_one_process(fsdp_runs, one_proce
             assert torch.equal(tensor, first["state"][key]), (name, key)
 
 
+def test_fsdp2_distillation_from_a_sharded_teacher(fsdp_runs, one_process):
+    """The teacher sharded by `fully_shard` too (passed in) teaches what the whole teacher teaches, with the loss
+    scaling of DDP: equal to one process on the same global batch."""
+    from fsdp_worker import SHARDED_TEACHER
+
+    first, second = _ranks(fsdp_runs, SHARDED_TEACHER)
+    assert first["kept"] == second["kept"]
+    _assert_close(first, one_process["llama+distill"])
+
+
 def test_fsdp2_resume_equals_uninterrupted(fsdp_runs):
     """A run stopped after the sharded checkpoint of step 6 and resumed from it (the Trainer loads the FSDP weights
     and optimizer; the callback its gates and scores) ends with the uninterrupted run's model."""
