@@ -11,7 +11,8 @@ turns an FSDP plugin into `DistributedType.FSDP` only for GPU-like distributed t
 and with MULTI_CPU it drops the plugin and trains with DDP, silently. `fsdp_on_cpu` sets what it would have set.
 
 Runs (RUNS): the ddp_worker runs, plus `bert+magnitude`; `bert+resume` (a run killed after the checkpoint of step
-6, then resumed from it); SHARDED_TEACHER (llama+distill with a teacher sharded by `fully_shard` too).
+6, then resumed from it); SHARDED_TEACHER (llama+distill with a teacher sharded by `fully_shard` too); `uniform`
+(a sharded Llama gathered as at train end, cut the same in every layer, saved and loaded by transformers alone).
 
 REFUSED: setups the callback must refuse at train begin (FSDP1, HSDP on a 2-D mesh, a weights recipe under FSDP2),
 driven through `on_train_begin` directly because accelerate cannot prepare FSDP1 on CPU ("There are currently no
@@ -177,6 +178,38 @@ def refused(output_dir: Path, setup: str) -> None:
                output / f"rank{torch.distributed.get_rank()}.pt")
 
 
+def uniform(output_dir: Path) -> None:
+    """Shard a tiny Llama with `fully_shard`, gather and unwrap it as the callback does at train end, cut the same
+    heads and neurons from every layer, save: transformers alone must load the checkpoint (its config says it all)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from hfprune.training.sharding import unshard_in_place
+
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    model, mesh = build("llama", **NO_DROPOUT["llama"]), init_device_mesh("cpu", (2,))
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    unshard_in_place(model)
+    plain_module = type(model) is transformers.LlamaForCausalLM and _hooks(model) == 0
+    layers = range(len(model.model.layers))
+    hfprune.remove_heads(model, {f"decoder.{i}.attention": [0, 2] for i in layers})  # one query head per KV group
+    hfprune.remove_neurons(model, {f"decoder.{i}.ffn": list(range(0, 37, 3)) for i in layers})
+    if torch.distributed.get_rank() == 0:
+        hfprune.save_pretrained(model, output / "saved")
+    torch.distributed.barrier()
+    plain = transformers.AutoModelForCausalLM.from_pretrained(output / "saved")
+    ids = torch.arange(3, 15).view(2, 6)
+    with torch.no_grad():
+        same = torch.equal(model.eval()(input_ids=ids).logits, plain.eval()(input_ids=ids).logits)
+    torch.save({"plain_module": plain_module, "same_logits": same, "intermediate_size": plain.config.intermediate_size,
+                "heads": plain.config.num_attention_heads}, output / f"rank{torch.distributed.get_rank()}.pt")
+
+
 def _hooks(model) -> int:
     return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
 
@@ -185,11 +218,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir")
     parser.add_argument("--batch", type=int, default=4, help="per-device batch size")
-    parser.add_argument("--runs", nargs="+", default=[*RUNS, "bert+resume", SHARDED_TEACHER, *REFUSED])
+    parser.add_argument("--runs", nargs="+", default=[*RUNS, "bert+resume", SHARDED_TEACHER, "uniform", *REFUSED])
     options = parser.parse_args(argv)
     out = Path(options.output_dir)
     for name in options.runs:
-        if name in REFUSED:
+        if name == "uniform":
+            uniform(out / name)
+        elif name in REFUSED:
             refused(out / name, name)
         elif name.endswith("+resume"):
             run(name, out / name, options.batch, stop=6)

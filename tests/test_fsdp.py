@@ -107,6 +107,13 @@ def test_fsdp2_resume_equals_uninterrupted(fsdp_runs):
         assert torch.allclose(resumed["state"][key], tensor, rtol=0, atol=1e-6), key
 
 
+def test_fsdp2_model_cut_uniformly_loads_with_plain_from_pretrained(fsdp_runs):
+    """After the train-end gather the model is the plain transformers class with no hook left; cut the same in
+    every layer, its checkpoint loads with AutoModelForCausalLM alone and computes the same logits."""
+    for rank in _ranks(fsdp_runs, "uniform"):
+        assert rank == {"plain_module": True, "same_logits": True, "intermediate_size": 37 - 13, "heads": 2}
+
+
 @pytest.mark.parametrize("setup", ["fsdp1", "hsdp", "weights"])
 def test_unsupported_sharding_is_refused_at_train_begin(fsdp_runs, setup):
     expected = {

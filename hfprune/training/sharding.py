@@ -79,11 +79,18 @@ def check_sharding(model: nn.Module, args=None) -> bool:
         )
     sharded = [(name, p) for name, p in model.named_parameters() if is_dtensor(p)]
     for name, parameter in sharded:
-        placements = tuple(parameter.placements)
-        if parameter.device_mesh.ndim != 1 or not _is_fsdp_placement(placements[0]):
+        placements, mesh = tuple(parameter.placements), parameter.device_mesh
+        if mesh.ndim != 1 or not _is_fsdp_placement(placements[0]):
             raise UnsupportedTrainingError(
-                f"parameter {name} is a DTensor with placements {placements} on a {parameter.device_mesh.ndim}-D "
-                f"mesh (tensor parallelism or HSDP): {SUPPORTED}"
+                f"parameter {name} is a DTensor with placements {placements} on a {mesh.ndim}-D mesh (tensor "
+                f"parallelism or HSDP): {SUPPORTED}"
+            )
+        # Gate gradients are averaged over all processes: they must all be the data-parallel ranks of one mesh.
+        world = torch.distributed.get_world_size()
+        if mesh.size() != world:
+            raise UnsupportedTrainingError(
+                f"parameter {name} is sharded over {mesh.size()} of the {world} processes (FSDP2 mixed with "
+                f"another kind of parallelism): {SUPPORTED} spanning every process"
             )
     return bool(sharded)
 
