@@ -114,6 +114,8 @@ def run(name: str, output_dir: str | Path, batch: int, steps: int = 10, fsdp: in
     if stop:
         return {}
     trainer.save_model(str(output / "saved"))
+    # As the example scripts do: evaluate the pruned model with the Trainer that trained it sharded.
+    evaluation = trainer.evaluate(Topics(size=16, seed=1, causal=family == "llama"))
 
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     record = get_record(model)
@@ -127,6 +129,7 @@ def run(name: str, output_dir: str | Path, batch: int, steps: int = 10, fsdp: in
         "kept": {"heads": record.heads, "kv_heads": record.kv_heads, "neurons": record.neurons},
         "scores": {unit: score.detach().cpu().clone() for unit, score in callback.accumulated.items()},
         "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+        "eval_loss": evaluation["eval_loss"],
         "state": {key: tensor.detach().cpu().clone() for key, tensor in model.state_dict().items()},
     }
     rank = torch.distributed.get_rank() if distributed else 0
