@@ -4,9 +4,9 @@ Under FSDP2 (`torch.distributed.fsdp.fully_shard`, what `accelerate launch` with
 parameter and gradient of the model is a `DTensor`, each process holding one slice (`Shard(0)`) of it. The gates
 (`SoftMasks`) are not parameters: they scale activations, which FSDP2 leaves whole, so gates and the Fisher/Taylor
 scores read from them work as under DDP. What reads the weights (magnitude, movement) gets DTensors back and
-turns them into whole tensors (`whole`), identical on every process. At train end the model is gathered and
-turned back into a plain module (`unshard_in_place`), so the surgery cuts whole weights and the saved checkpoint
-is a normal, unsharded one.
+turns them into whole tensors (`whole`), identical on every process. At train end the model is gathered site by
+site, each site cut as soon as it is whole, and turned back into a plain module (`gather_and_cut`), so the saved
+checkpoint is a normal, unsharded one.
 
 Other ways of splitting a model across processes are refused at train begin (`check_sharding`) with an error that
 names what is supported, rather than pruning each process's slice on its own: FSDP1 (`FullyShardedDataParallel`,
@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..core.sites import AttentionSite, resolve_sites
+from ..core.surgery import remove_heads, remove_neurons
 from ..errors import UnsupportedTrainingError
 
 SUPPORTED = (
@@ -128,17 +130,41 @@ def whole_copy(model: nn.Module) -> nn.Module:
 @torch.no_grad()
 def unshard_in_place(model: nn.Module) -> None:
     """Turn an FSDP2 `model` back into the plain module it was: gather every parameter whole on every process, and
-    take FSDP2's hooks, state and wrapper classes off, so the surgery can cut it and it saves as a normal
-    checkpoint. A collective: every process calls it."""
-    from torch.distributed._composable.contract import REGISTRY_KEY, STATE_KEY
-    from torch.distributed._composable_state import _module_state_mapping
+    take FSDP2's hooks, state and wrapper classes off, so it computes and saves as a normal model. A collective:
+    every process calls it."""
+    gather_and_cut(model, {}, {})
+
+
+@torch.no_grad()
+def gather_and_cut(model: nn.Module, heads: dict[str, list[int]], neurons: dict[str, list[int]]) -> None:
+    """Remove `heads` and `neurons` (as `remove_heads` / `remove_neurons` take them) from an FSDP2 `model`, and
+    leave it a plain module, whole on every process.
+
+    One site at a time is gathered whole and cut at once, so a process never holds more than the pruned model,
+    the weights outside the sites (embeddings, norms, head) and one dense site. A collective: every process calls
+    it, with the same requests.
+    """
     from torch.distributed.fsdp import FSDPModule
 
     fsdp_modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for module in fsdp_modules:
         module.reshard()  # an evaluation pass may have left a group gathered; its DTensors are the parameters again
     gathered: dict[nn.Parameter, nn.Parameter] = {}  # tied weights stay tied
-    for module in model.modules():  # the same order on every process, as the collectives need
+    for name, site in resolve_sites(model).items():  # the same order on every process, as the collectives need
+        if isinstance(site, AttentionSite):
+            # The output projection may live outside the attention module (BERT's sits in BertSelfOutput).
+            _gather([*site.module.modules(), site.q, site.k, site.v, site.o], gathered)
+            remove_heads(model, {name: heads.get(name, [])})
+        else:
+            _gather([*site.inputs, site.output], gathered)
+            remove_neurons(model, {name: neurons.get(name, [])})
+    _gather(model.modules(), gathered)
+    _strip_fsdp(model, fsdp_modules)
+
+
+def _gather(modules, gathered: dict) -> None:
+    """Swap the DTensor parameters of `modules` for whole, plain parameters (the same one for a tied weight)."""
+    for module in modules:
         for key, parameter in module._parameters.items():
             if parameter is None or not is_dtensor(parameter):
                 continue
@@ -146,6 +172,13 @@ def unshard_in_place(model: nn.Module) -> None:
                 gathered[parameter] = nn.Parameter(parameter.full_tensor().detach().clone(),
                                                    requires_grad=parameter.requires_grad)
             module._parameters[key] = gathered[parameter]
+
+
+def _strip_fsdp(model: nn.Module, fsdp_modules: list[nn.Module]) -> None:
+    """Take FSDP2's forward hooks, state, instance methods and wrapper classes off `model`'s modules."""
+    from torch.distributed._composable.contract import REGISTRY_KEY, STATE_KEY
+    from torch.distributed._composable_state import _module_state_mapping
+
     for module in fsdp_modules:
         state = module._get_fsdp_state()
         for handle in {state._pre_forward_hook_handle, state._post_forward_hook_handle}:
@@ -155,7 +188,8 @@ def unshard_in_place(model: nn.Module) -> None:
             module.__dict__.pop(key, None)
         # register_fsdp_forward_method (the Trainer registers `generate`) puts a wrapper on the instance.
         for name, value in list(module.__dict__.items()):
-            if getattr(value, "__func__", None) is not None and value.__func__.__name__ == name:
+            function = getattr(value, "__func__", None)
+            if function is not None and hasattr(function, "__wrapped__") and function.__name__ == name:
                 del module.__dict__[name]
         module.__class__ = _plain_class(type(module))
     for module in model.modules():

@@ -12,7 +12,7 @@ training runs on the small model.
 Under `torchrun` / `accelerate launch`, gate gradients (and movement scores) are averaged over processes before
 they are scored, so every rank decides the same masks and ends with the same model. Under FSDP2 the weights are
 sharded DTensors: scores read from them are gathered whole (`sharding.whole`), and at train end the model is
-gathered and unwrapped (`sharding.unshard_in_place`) before the cut, so it saves as a normal checkpoint.
+gathered site by site, cut, and unwrapped (`sharding.gather_and_cut`), so it saves as a normal checkpoint.
 
 Logged: `hfprune/flops_kept`, `hfprune/params_kept`, `hfprune/sparsity`, `hfprune/heads_kept`,
 `hfprune/neurons_kept`.
@@ -36,7 +36,7 @@ from ..structured.criteria import Scores, compute_scores, movement_step
 from ..structured.search import Plan, planned_cost, search
 from .optimizer_state import follow_surgery
 from .schedule import Schedule
-from .sharding import unshard_in_place, whole
+from .sharding import gather_and_cut, whole
 from .strategy import PruningStrategy
 
 logger = logging.get_logger(__name__)
@@ -194,12 +194,13 @@ class StructuredPruning(PruningStrategy):
         heads, neurons = self.masks.zeros()
         self.masks.remove()
         self.masks, self.accumulated = None, {}
-        if self.sharded:  # the cut needs whole weights, and the saved model must not be FSDP's
-            unshard_in_place(model)
-            self.sharded = False
         with replacements() as replaced:
-            remove_heads(model, heads)
-            remove_neurons(model, neurons)
+            if self.sharded:  # the cut needs whole weights, and the saved model must not be FSDP's
+                gather_and_cut(model, heads, neurons)
+                self.sharded = False
+            else:
+                remove_heads(model, heads)
+                remove_neurons(model, neurons)
         if optimizer is not None:
             follow_surgery(optimizer, model, replaced)
         self.record_recipe(model)
