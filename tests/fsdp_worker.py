@@ -11,8 +11,9 @@ turns an FSDP plugin into `DistributedType.FSDP` only for GPU-like distributed t
 and with MULTI_CPU it drops the plugin and trains with DDP, silently. `fsdp_on_cpu` sets what it would have set.
 
 Runs (RUNS): the ddp_worker runs, plus `bert+magnitude`; `bert+resume` (a run killed after the checkpoint of step
-6, then resumed from it); SHARDED_TEACHER (llama+distill with a teacher sharded by `fully_shard` too); `uniform`
-(a sharded Llama gathered as at train end, cut the same in every layer, saved and loaded by transformers alone).
+6, then resumed from it); SHARDED_TEACHER (llama+distill with a teacher sharded by `fully_shard` too);
+ACCUMULATION; `uniform` (a sharded Llama gathered as at train end, cut the same in every layer, saved and loaded
+by transformers alone).
 
 REFUSED: setups the callback must refuse at train begin (FSDP1, HSDP on a 2-D mesh, a weights recipe under FSDP2),
 driven through `on_train_begin` directly because accelerate cannot prepare FSDP1 on CPU ("There are currently no
@@ -34,9 +35,12 @@ from tiny_models import build
 import hfprune
 from hfprune.core.record import get_record
 
-RUNS = {**DDP_RUNS, "bert+magnitude": ("bert", "magnitude", False)}
+RUNS = {**DDP_RUNS, "bert+magnitude": ("bert", "magnitude", False), "bert+taylor": ("bert", "taylor", False)}
+# llama+distill in 2 micro-batches of 2 per process and optimizer step: the same global batch of 8.
+ACCUMULATION = "llama+distill+accumulation"
 # Distillation from a teacher sharded like the student (passed in), against the same 1-process run.
 SHARDED_TEACHER = "llama+distill+sharded-teacher"
+VARIANTS = {"bert+resume": "bert", SHARDED_TEACHER: "llama+distill", ACCUMULATION: "llama+distill"}  # -> RUNS
 LAYER = {"bert": "BertLayer", "llama": "LlamaDecoderLayer"}
 REFUSED = ("fsdp1", "hsdp", "weights", "fallback")
 
@@ -68,7 +72,7 @@ def run(name: str, output_dir: str | Path, batch: int, steps: int = 10, fsdp: in
         resume: bool = False, teacher: torch.nn.Module | None = None, shim: bool = True) -> dict:
     """Train configuration `name` (per-device batch `batch`) under FSDP `fsdp` (2, 1, or None: no FSDP); write and
     return this process's result."""
-    family, criterion, distill = RUNS[name.replace("+resume", "").replace("+sharded-teacher", "")]
+    family, criterion, distill = RUNS[VARIANTS.get(name, name)]
     output = Path(output_dir)
     model = build(family, **NO_DROPOUT[family])
     recipe = hfprune.Recipe(
@@ -83,6 +87,7 @@ def run(name: str, output_dir: str | Path, batch: int, steps: int = 10, fsdp: in
         train_sampling_strategy="sequential", report_to=[], use_cpu=True, seed=0, logging_steps=2,
         disable_tqdm=True, average_tokens_across_devices=family != "bert",
         save_strategy="steps" if stop or resume else "no", save_steps=6, **sharding,
+        gradient_accumulation_steps=2 if name == ACCUMULATION else 1,
     )
     if name == SHARDED_TEACHER:  # the process group exists once the arguments are built
         from torch.distributed.device_mesh import init_device_mesh
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir")
     parser.add_argument("--batch", type=int, default=4, help="per-device batch size")
-    parser.add_argument("--runs", nargs="+", default=[*RUNS, "bert+resume", SHARDED_TEACHER, "uniform", *REFUSED])
+    parser.add_argument("--runs", nargs="+", default=[*RUNS, *VARIANTS, "uniform", *REFUSED])
     options = parser.parse_args(argv)
     out = Path(options.output_dir)
     for name in options.runs:
@@ -232,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
         elif name.endswith("+resume"):
             run(name, out / name, options.batch, stop=6)
             run(name, out / name, options.batch, resume=True)
+        elif name == ACCUMULATION:
+            run(name, out / name, options.batch // 2)
         else:
             run(name, out / name, options.batch)
 

@@ -96,6 +96,16 @@ def test_fsdp2_distillation_from_a_sharded_teacher(fsdp_runs, one_process):
     _assert_close(first, one_process["llama+distill"])
 
 
+def test_fsdp2_distillation_with_gradient_accumulation(fsdp_runs, one_process):
+    """2 processes x 2 micro-batches of 2 per optimizer step == one process on batches of 8: under FSDP2 too, the
+    teacher term is counted once, not once per micro-batch or process."""
+    from fsdp_worker import ACCUMULATION
+
+    first, second = _ranks(fsdp_runs, ACCUMULATION)
+    assert first["kept"] == second["kept"]
+    _assert_close(first, one_process["llama+distill"])
+
+
 def test_fsdp2_resume_equals_uninterrupted(fsdp_runs):
     """A run stopped after the sharded checkpoint of step 6 and resumed from it (the Trainer loads the FSDP weights
     and optimizer; the callback its gates and scores) ends with the uninterrupted run's model."""
