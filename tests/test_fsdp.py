@@ -192,3 +192,25 @@ def test_accelerate_launch_with_the_fsdp2_config_file(tmp_path):
     assert "each of the 2 process(es) holds the whole model" in result.stderr
     pruned = hfprune.from_pretrained(tmp_path / "out")
     assert hfprune.count(pruned).flops <= 0.5 * hfprune.count(model).flops + 1  # at the budget's seq_len, 128
+
+
+def test_run_causal_lm_script(tmp_path):
+    """The causal-LM example (the script to launch with the FSDP2 config on GPUs), here in one process."""
+    from test_cli import WORDS, write_sources
+
+    from scripts.examples import run_causal_lm
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    build("llama").save_pretrained(tmp_path / "model")
+    transformers.BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(tmp_path / "model")
+    recipe = tmp_path / "gradual.yaml"
+    recipe.write_text("target: {flops: 0.5}\ncriterion: fisher\nround_neurons: 4\n"
+                      "schedule: {type: cubic, start: 1, end: 3, every: 1}\ndistill: {alpha: 0.5}\n")
+    run_causal_lm.main(["--model", str(tmp_path / "model"), "--recipe", str(recipe), "--train_file",
+                        str(write_sources(tmp_path)["text"]), "--block_size", "8", "--output_dir",
+                        str(tmp_path / "out"), "--max_steps", "4", "--per_device_train_batch_size", "2"])
+    pruned = hfprune.from_pretrained(tmp_path / "out")
+    assert hfprune.count(pruned, 8).flops <= 0.5 * hfprune.count(build("llama"), 8).flops + 1
+    ids = torch.tensor([[2, 7, 8, 9]])
+    assert pruned.generate(input_ids=ids, max_new_tokens=3, do_sample=False).shape == (1, 7)
