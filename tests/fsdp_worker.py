@@ -129,12 +129,15 @@ def run(name: str, output_dir: str | Path, batch: int, steps: int = 10, fsdp: in
         "world_size": torch.distributed.get_world_size() if distributed else 1,
         "sharded": sharded,
         "plain": type(model) is getattr(transformers, type(model).__name__, None)
-        and not any(hasattr(p, "placements") for p in model.parameters()),
+        and not any(hasattr(p, "placements") for p in model.parameters())
+        and "generate" not in vars(model),  # the Trainer wraps `generate` for FSDP2 on the instance
         "sites": hfprune.sites(model),
         "kept": {"heads": record.heads, "kv_heads": record.kv_heads, "neurons": record.neurons},
         "scores": {unit: score.detach().cpu().clone() for unit, score in callback.accumulated.items()},
         "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
         "eval_loss": evaluation["eval_loss"],
+        "generated": model.generate(input_ids=torch.arange(6, 12).view(1, 6), max_new_tokens=4, do_sample=False,
+                                    pad_token_id=0) if family == "llama" else None,
         "state": {key: tensor.detach().cpu().clone() for key, tensor in model.state_dict().items()},
     }
     rank = torch.distributed.get_rank() if distributed else 0

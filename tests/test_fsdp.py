@@ -55,6 +55,8 @@ def _assert_close(two: dict, one: dict, atol: float = 1e-5) -> None:
     assert two["kept"] == one["kept"], "FSDP2 pruned other units than one process"
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-5)
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-5), "Trainer.evaluate after the gather"
+    if one["generated"] is not None:
+        assert torch.equal(two["generated"], one["generated"]), "generate() after the gather"
     for key, tensor in one["state"].items():
         assert two["state"][key].shape == tensor.shape, key
         assert torch.allclose(two["state"][key], tensor, rtol=0, atol=atol), key
