@@ -40,7 +40,10 @@ RUNS = {**DDP_RUNS, "bert+magnitude": ("bert", "magnitude", False), "bert+taylor
 ACCUMULATION = "llama+distill+accumulation"
 # Distillation from a teacher sharded like the student (passed in), against the same 1-process run.
 SHARDED_TEACHER = "llama+distill+sharded-teacher"
-VARIANTS = {"bert+resume": "bert", SHARDED_TEACHER: "llama+distill", ACCUMULATION: "llama+distill"}  # -> RUNS
+# bert+resume with sharded checkpoints (torch.distributed.checkpoint directories) instead of full state dicts.
+SHARDED_RESUME = "bert+sharded+resume"
+VARIANTS = {"bert+resume": "bert", SHARDED_RESUME: "bert", SHARDED_TEACHER: "llama+distill",  # -> RUNS
+            ACCUMULATION: "llama+distill"}
 LAYER = {"bert": "BertLayer", "llama": "LlamaDecoderLayer"}
 REFUSED = ("fsdp1", "hsdp", "weights", "fallback")
 
@@ -80,8 +83,9 @@ def run(name: str, output_dir: str | Path, batch: int, steps: int = 10, fsdp: in
         schedule={"type": "cubic", "start": 2, "end": 8, "every": 2},
         distill={"alpha": 0.5, "temperature": 2.0} if distill else {"alpha": 0.0},
     )
-    sharding = {} if fsdp is None else dict(
-        fsdp=True, fsdp_config={"version": fsdp, "transformer_layer_cls_to_wrap": [LAYER[family]]})
+    state_dict = "SHARDED_STATE_DICT" if name == SHARDED_RESUME else "FULL_STATE_DICT"
+    sharding = {} if fsdp is None else dict(fsdp=True, fsdp_config={
+        "version": fsdp, "transformer_layer_cls_to_wrap": [LAYER[family]], "state_dict_type": state_dict})
     args = transformers.TrainingArguments(
         output_dir=str(output), max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-3,
         train_sampling_strategy="sequential", report_to=[], use_cpu=True, seed=0, logging_steps=2,
@@ -118,7 +122,13 @@ def run(name: str, output_dir: str | Path, batch: int, steps: int = 10, fsdp: in
     trainer.train(resume_from_checkpoint=str(output / "checkpoint-6") if resume else None)
     if stop:
         return {}
-    trainer.save_model(str(output / "saved"))
+    # With sharded checkpoints the Trainer's save_model writes no model (it saves full state dicts only); the
+    # model is plain and whole after train end, so it saves as any model does.
+    if name == SHARDED_RESUME:
+        if torch.distributed.get_rank() == 0:
+            hfprune.save_pretrained(model, output / "saved")
+    else:
+        trainer.save_model(str(output / "saved"))
     # As the example scripts do: evaluate the pruned model with the Trainer that trained it sharded.
     evaluation = trainer.evaluate(Topics(size=16, seed=1, causal=family == "llama"))
 

@@ -108,16 +108,21 @@ def test_fsdp2_distillation_with_gradient_accumulation(fsdp_runs, one_process):
     _assert_close(first, one_process["llama+distill"])
 
 
-def test_fsdp2_resume_equals_uninterrupted(fsdp_runs):
-    """A run stopped after the sharded checkpoint of step 6 and resumed from it (the Trainer loads the FSDP weights
-    and optimizer; the callback its gates and scores) ends with the uninterrupted run's model."""
-    checkpoint = fsdp_runs / "bert+resume" / "checkpoint-6"
-    assert (checkpoint / "hfprune_callback.json").exists() and (checkpoint / "pytorch_model_fsdp.bin").exists()
-    resumed, _ = _ranks(fsdp_runs, "bert+resume")
+@pytest.mark.parametrize(("name", "weights"), [("bert+resume", "pytorch_model_fsdp.bin"),
+                                               ("bert+sharded+resume", "pytorch_model_fsdp_0")])
+def test_fsdp2_resume_equals_uninterrupted(fsdp_runs, name, weights):
+    """A run stopped after the FSDP checkpoint of step 6 (full or sharded state dicts) and resumed from it (the
+    Trainer loads the FSDP weights and optimizer before train begin; the callback its gates and scores) ends with
+    the uninterrupted run's model, on both ranks."""
+    checkpoint = fsdp_runs / name / "checkpoint-6"
+    assert (checkpoint / "hfprune_callback.json").exists() and (checkpoint / weights).exists()
     uninterrupted, _ = _ranks(fsdp_runs, "bert")
-    assert resumed["kept"] == uninterrupted["kept"]
-    for key, tensor in uninterrupted["state"].items():
-        assert torch.allclose(resumed["state"][key], tensor, rtol=0, atol=1e-6), key
+    for resumed in _ranks(fsdp_runs, name):
+        assert resumed["kept"] == uninterrupted["kept"]
+        for key, tensor in uninterrupted["state"].items():
+            assert torch.allclose(resumed["state"][key], tensor, rtol=0, atol=1e-6), key
+    saved = hfprune.from_pretrained(fsdp_runs / name / "saved").state_dict()
+    assert all(torch.equal(saved[key], tensor) for key, tensor in resumed["state"].items())
 
 
 def test_fsdp2_model_cut_uniformly_loads_with_plain_from_pretrained(fsdp_runs):

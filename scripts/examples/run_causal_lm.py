@@ -73,8 +73,11 @@ def main(argv=None) -> None:
     callback = hfprune.PruningCallback(recipe, seq_len=args.block_size)
     trainer = transformers.Trainer(model=model, args=training_args, train_dataset=train, callbacks=[callback])
     trainer.train()
-    trainer.save_model()  # under FSDP2 too: the callback gathered the model whole and cut it at train end
-    tokenizer.save_pretrained(args.output_dir)
+    # The callback left the model pruned, plain and whole on every process, under FSDP2 too; the Trainer's
+    # save_model would save nothing with sharded FSDP checkpoints (SHARDED_STATE_DICT), so the main process saves.
+    if trainer.is_world_process_zero():
+        hfprune.save_pretrained(model, args.output_dir)
+        tokenizer.save_pretrained(args.output_dir)
     print(hfprune.count(model, seq_len=args.block_size))
 
 
