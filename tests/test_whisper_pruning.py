@@ -167,7 +167,7 @@ def test_shipped_oneshot_recipe_runs_as_is():
 
 
 def test_oneshot_is_deterministic():
-    recipe = hfprune.Recipe(target={"flops": 0.5}, criterion="fisher", round_neurons=4)
+    recipe = hfprune.Recipe(target={"flops": 0.5}, criterion="fisher", round_neurons=4, sites=["*"])
     kept = []
     for _ in range(2):
         model = build("whisper")
@@ -348,7 +348,7 @@ def test_a_budget_alone_uses_what_whisper_measurably_survives_one_shot():
     report = hfprune.prune(model, hfprune.Recipe(target={"flops": 0.8}, round_neurons=1), calibration=audio())
     after = hfprune.count(model, seq_len=8).sites
     assert all(after[n].units == units for n, units in encoder_heads.items()), "the encoder's heads stay one-shot"
-    assert report.recipe.sites == ["encoder.*.ffn", "decoder"]
+    assert report.recipe.sites == ["encoder.*.ffn", "decoder.*.cross_attention"]
     assert (report.recipe.rearrange, report.recipe.tune, report.recipe.reconstruct) == (False, False, False)
     assert "weight reconstruction" not in report.times
     # What a recipe says is done: every site, and reconstruction, when asked for.
@@ -362,5 +362,5 @@ def test_a_budget_alone_uses_what_whisper_measurably_survives_one_shot():
 
 
 def test_a_budget_past_what_whisper_survives_one_shot_says_how_to_go_further():
-    with pytest.raises(hfprune.RecipeError, match=r"prunes only \['encoder.\*.ffn', 'decoder'\] unless .*'\*'"):
+    with pytest.raises(hfprune.RecipeError, match=r"prunes only \['encoder.\*.ffn', 'decoder.\*.cross_attention'\] unless .*'\*'"):
         hfprune.prune(build("whisper"), hfprune.Recipe(target={"flops": 0.05}), calibration=audio())
