@@ -117,6 +117,9 @@ def run(name: str, output_dir: str | Path, batch: int, steps: int = 10, fsdp: in
             weight = next(p for p in model.parameters() if p.dim() == 2)
             sharded.update(dtensor=isinstance(weight, DTensor), local=tuple(getattr(weight, "_local_tensor",
                                                                                       weight).shape))
+            if callback.distiller is not None:
+                teacher = callback.distiller.teacher.parameters()
+                sharded["teacher"] = all(isinstance(p, DTensor) for p in teacher)
 
     trainer.add_callback(Spy())
     trainer.train(resume_from_checkpoint=str(output / "checkpoint-6") if resume else None)

@@ -32,7 +32,7 @@ from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
 from ..calibration.seq2seq import is_encoder_decoder, shift_right
 from ..errors import RecipeError
 from ..settings import DistillSettings
-from .sharding import is_dtensor, whole_copy
+from .sharding import is_dtensor, sharded_copy
 
 
 def _hidden_states(output) -> tuple[tuple, tuple]:
@@ -74,9 +74,9 @@ class Distiller:
     def __init__(self, model: nn.Module, settings: DistillSettings | dict, teacher: nn.Module | None = None):
         self.settings = DistillSettings.from_value(settings)
         if teacher is None and any(is_dtensor(p) for p in model.parameters()):
-            # FSDP2 modules refuse deepcopy; the teacher is gathered whole on every process (it runs without
-            # gradients or optimizer state, so it costs one copy of the weights). Pass a sharded teacher to save that.
-            teacher = whole_copy(model)
+            # FSDP2 modules refuse deepcopy; the teacher is sharded like the student, each process copying its own
+            # shards (no gradients or optimizer state: a 1/N share of one copy of the weights per process).
+            teacher = sharded_copy(model)
         if teacher is None:
             try:
                 teacher = copy.deepcopy(model).requires_grad_(False)

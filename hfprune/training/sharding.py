@@ -6,7 +6,8 @@ parameter and gradient of the model is a `DTensor`, each process holding one sli
 scores read from them work as under DDP. What reads the weights (magnitude, movement) gets DTensors back and
 turns them into whole tensors (`whole`), identical on every process. At train end the model is gathered site by
 site, each site cut as soon as it is whole, and turned back into a plain module (`gather_and_cut`), so the saved
-checkpoint is a normal, unsharded one.
+checkpoint is a normal, unsharded one. The default teacher for distillation is sharded like the student
+(`sharded_copy`).
 
 Other ways of splitting a model across processes are refused at train begin (`check_sharding`) with an error that
 names what is supported, rather than pruning each process's slice on its own: FSDP1 (`FullyShardedDataParallel`,
@@ -112,18 +113,37 @@ def _zero_stage(args) -> int | None:
 
 
 @torch.no_grad()
-def whole_copy(model: nn.Module) -> nn.Module:
-    """A plain, frozen copy of an FSDP2 `model` with every weight gathered (the default teacher: FSDP2 modules refuse
-    `copy.deepcopy`). Every process calls it; each ends with the whole model."""
+def sharded_copy(model: nn.Module) -> nn.Module:
+    """A frozen copy of an FSDP2 `model`, sharded the same way (the default teacher: FSDP2 modules refuse
+    `copy.deepcopy`, and a model that needs sharding to train rarely fits whole beside it).
+
+    The copy is built on the meta device, `fully_shard` is applied to the same modules (and groups of modules)
+    over the same mesh, and each process copies its own shards into it: nothing is gathered. Every process calls
+    it."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
     cls = _plain_class(type(model))
-    state = {name: whole(tensor).detach().clone() for name, tensor in model.state_dict().items()}
     with torch.device("meta"):
         copy = cls(model.config)
-    copy.to_empty(device=next(iter(state.values())).device)
-    copy.load_state_dict(state, strict=True)
-    # Buffers left out of the state dict (rotary frequencies) are whole under FSDP2: copy them as they are.
-    for name, buffer in model.named_buffers():
-        copy.get_buffer(name).copy_(whole(buffer))
+    paths = {module: name for name, module in model.named_modules()}
+    mesh = next(p for p in model.parameters() if is_dtensor(p)).device_mesh
+    groups = []  # FSDP2 states in the order of their modules, children before parents as fully_shard wants
+    for module in reversed(list(model.modules())):
+        if isinstance(module, FSDPModule):
+            members = module._get_fsdp_state()._modules
+            if members not in groups:
+                groups.append(members)
+    for members in groups:
+        targets = [copy.get_submodule(paths[m]) for m in members]
+        fully_shard(targets if len(targets) > 1 else targets[0], mesh=mesh, reshard_after_forward=True)
+    copy.to_empty(device=next(model.parameters()).device)
+    for (name, mine), (_, theirs) in zip(copy.named_parameters(), model.named_parameters(), strict=True):
+        if getattr(mine, "_local_tensor", mine).shape != getattr(theirs, "_local_tensor", theirs).shape:
+            raise UnsupportedTrainingError(f"cannot shard the teacher like the model: {name} is sharded otherwise "
+                                           f"(a custom shard_placement_fn?); pass PruningCallback(teacher=...)")
+        getattr(mine, "_local_tensor", mine).copy_(getattr(theirs, "_local_tensor", theirs))
+    for name, buffer in model.named_buffers():  # FSDP2 leaves buffers whole (rotary frequencies included)
+        copy.get_buffer(name).copy_(buffer)
     return copy.requires_grad_(False)
 
 
