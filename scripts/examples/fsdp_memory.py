@@ -2,6 +2,7 @@
 
     torchrun --standalone --nproc_per_node 2 scripts/examples/fsdp_memory.py --sharding ddp
     torchrun --standalone --nproc_per_node 2 scripts/examples/fsdp_memory.py --sharding fsdp2
+    ... --distill   (with the dense model as teacher: a deep copy under DDP, sharded like the student under FSDP2)
 
 Each process prints one JSON line: the bytes it holds in parameters, gradients and optimizer state (counted from
 its tensors, local shards under FSDP2) at the last optimizer step, and its peak resident memory (`ru_maxrss`)
@@ -78,6 +79,7 @@ def main(argv=None) -> None:
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--distill", action="store_true", help="distil from the dense model (the default teacher)")
     options = parser.parse_args(argv)
     before = peak_mib()
     config = transformers.LlamaConfig(
@@ -87,7 +89,8 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config)
     dense = sum(p.numel() for p in model.parameters())
-    recipe = hfprune.Recipe(target={"flops": 0.5}, criterion="fisher", distill={"alpha": 0.0},
+    recipe = hfprune.Recipe(target={"flops": 0.5}, criterion="fisher",
+                            distill={"alpha": 0.5 if options.distill else 0.0},
                             schedule={"type": "oneshot", "start": 2})
     sharding = {"fsdp": True, "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}}
     args = transformers.TrainingArguments(
@@ -102,8 +105,8 @@ def main(argv=None) -> None:
     trainer.train()
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     print(json.dumps({
-        "sharding": options.sharding, "rank": rank, "distributed_type": str(trainer.accelerator.distributed_type),
-        "dense_params": dense,
+        "sharding": options.sharding, "distill": options.distill, "rank": rank,
+        "distributed_type": str(trainer.accelerator.distributed_type), "dense_params": dense,
         "peak_before_model_mib": before, **{k: round(v, 1) for k, v in measure.result.items()},
         "peak_after_train_end_mib": peak_mib(),
     }), flush=True)
