@@ -15,7 +15,8 @@ Runs (RUNS): the ddp_worker runs, plus `bert+magnitude`; `bert+resume` (a run ki
 ACCUMULATION; `uniform` (a sharded Llama gathered as at train end, cut the same in every layer, saved and loaded
 by transformers alone).
 
-REFUSED: setups the callback must refuse at train begin (FSDP1, HSDP on a 2-D mesh, a weights recipe under FSDP2),
+REFUSED: setups the callback must refuse at train begin (FSDP1, HSDP on a 2-D mesh, CPU offloading, a weights
+recipe under FSDP2),
 driven through `on_train_begin` directly because accelerate cannot prepare FSDP1 on CPU ("There are currently no
 available devices found"); and `fallback`, the Trainer asked for FSDP2 on CPU without `fsdp_on_cpu`, where the
 callback warns that accelerate trains with DDP.
@@ -45,7 +46,7 @@ SHARDED_RESUME = "bert+sharded+resume"
 VARIANTS = {"bert+resume": "bert", SHARDED_RESUME: "bert", SHARDED_TEACHER: "llama+distill",  # -> RUNS
             ACCUMULATION: "llama+distill"}
 LAYER = {"bert": "BertLayer", "llama": "LlamaDecoderLayer"}
-REFUSED = ("fsdp1", "hsdp", "weights", "fallback")
+REFUSED = ("fsdp1", "hsdp", "offload", "weights", "fallback")
 
 
 def fsdp_on_cpu(trainer: transformers.Trainer) -> None:
@@ -186,6 +187,10 @@ def refused(output_dir: Path, setup: str) -> None:
         elif setup == "hsdp":  # replicated across one mesh dimension, sharded across the other
             mesh = init_device_mesh("cpu", (1, 2), mesh_dim_names=("replicate", "shard"))
             fully_shard(model, mesh=mesh)
+        elif setup == "offload":
+            from torch.distributed.fsdp import CPUOffloadPolicy
+
+            fully_shard(model, mesh=init_device_mesh("cpu", (2,)), offload_policy=CPUOffloadPolicy(pin_memory=False))
         elif setup == "weights":  # FSDP2, but a strategy that cannot read sharded weights
             fully_shard(model, mesh=init_device_mesh("cpu", (2,)))
             recipe = hfprune.Recipe(structures=["weights"], weights={"sparsity": 0.5},

@@ -134,11 +134,12 @@ def test_fsdp2_model_cut_uniformly_loads_with_plain_from_pretrained(fsdp_runs):
         assert rank == {"plain_module": True, "same_logits": True, "intermediate_size": 37 - 13, "heads": 2}
 
 
-@pytest.mark.parametrize("setup", ["fsdp1", "hsdp", "weights"])
+@pytest.mark.parametrize("setup", ["fsdp1", "hsdp", "offload", "weights"])
 def test_unsupported_sharding_is_refused_at_train_begin(fsdp_runs, setup):
     expected = {
         "fsdp1": "wrapped by FSDP1",
         "hsdp": r"placements \(Replicate\(\), Shard\(dim=0\)\) on a 2-D mesh",
+        "offload": r"FSDP2 with CPU offloading \(CPUOffloadPolicy\) is not supported yet",
         "weights": r"WeightPruning \(structures: \['weights'\]\) does not support FSDP2",
     }[setup]
     for rank in _ranks(fsdp_runs, setup):

@@ -11,8 +11,8 @@ checkpoint is a normal, unsharded one. The default teacher for distillation is s
 
 Other ways of splitting a model across processes are refused at train begin (`check_sharding`) with an error that
 names what is supported, rather than pruning each process's slice on its own: FSDP1 (`FullyShardedDataParallel`,
-flat parameters), DeepSpeed ZeRO-3 (partitioned parameters), and DTensors on more than one mesh dimension or not
-sharded along dim 0 (tensor parallelism, HSDP).
+flat parameters), DeepSpeed ZeRO-3 (partitioned parameters), DTensors on more than one mesh dimension, on a mesh
+that leaves processes out, or not sharded along dim 0 (tensor parallelism, HSDP), and FSDP2 with CPU offloading.
 """
 
 from __future__ import annotations
@@ -95,7 +95,24 @@ def check_sharding(model: nn.Module, args=None) -> bool:
                 f"parameter {name} is sharded over {mesh.size()} of the {world} processes (FSDP2 mixed with "
                 f"another kind of parallelism): {SUPPORTED} spanning every process"
             )
+    if sharded and _offloaded(model):
+        # The gates live where the parameters are (the CPU, with offloading), the activations they scale on the
+        # accelerator: every forward would fail deep inside the model.
+        raise UnsupportedTrainingError(
+            f"FSDP2 with CPU offloading (CPUOffloadPolicy) is not supported yet: {SUPPORTED}, without offloading"
+        )
     return bool(sharded)
+
+
+def _offloaded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            group = module._get_fsdp_state()._fsdp_param_group
+            if group is not None and isinstance(group.offload_policy, CPUOffloadPolicy):
+                return True
+    return False
 
 
 def _is_fsdp_placement(placement) -> bool:
