@@ -33,6 +33,7 @@ from .errors import (
     PruningSpecError,
     RecipeError,
     UnsupportedModelError,
+    UnsupportedTrainingError,
 )
 from .publish.hub import push_to_hub
 from .publish.report import PruningReport
@@ -78,6 +79,7 @@ __all__ = [
     "StackSpec",
     "Target",
     "UnsupportedModelError",
+    "UnsupportedTrainingError",
     "WeightSettings",
     "__version__",
     "audio_batches",
