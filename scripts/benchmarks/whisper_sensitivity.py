@@ -5,14 +5,14 @@ For Whisper tiny.en (`bench_speech.load_dense`) on the espeak-ng set (`speech_ev
 layers, encoder layers) loses `--shares` of its units while everything else stays whole: `hfprune.prune` with
 `sites` limited to that structure, Fisher scores against the dense model's own transcripts of `--num-samples`
 unlabelled train clips (transcribed once, shared by every run), and kept counts as the target. Heads and
-neurons are pruned in three refinement modes: `plain` (no rearrangement, tuning or reconstruction), `tune` (mask
-tuning) and `reconstruct` (ridge refit of the output projections, the library default); layers are removed by
-block importance (ShortGPT) and have no refinement.
+neurons are pruned with `plain` (no rearrangement, tuning or reconstruction) and `reconstruct` (ridge refit of
+the output projections, the library's default elsewhere), and with `tune` (mask tuning) on request; layers are
+removed by block importance (ShortGPT) and have no refinement.
 
 It tells which structures one-shot pruning may touch, and which need training. Writes
 `whisper_sensitivity.{md,json,png}`; finished runs are kept in `whisper_sensitivity.partial.json`.
 
-    python -m scripts.benchmarks.whisper_sensitivity [--shares 0.25,0.5] [--modes plain,tune,reconstruct]
+    python -m scripts.benchmarks.whisper_sensitivity [--shares 0.25] [--modes plain,reconstruct]   # 15 min
 """
 
 from __future__ import annotations
