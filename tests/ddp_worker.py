@@ -63,17 +63,34 @@ class Topics(torch.utils.data.Dataset):
                 "labels": ids.clone() if self.causal else self.labels[index]}
 
 
+def worker_recipe(criterion: str, distill: bool) -> hfprune.Recipe:
+    """What every multi-process run prunes with (DDP here, FSDP2 in fsdp_worker.py): half the FLOPs on a short
+    cubic schedule, with or without the dense teacher."""
+    return hfprune.Recipe(
+        target={"flops": 0.5}, criterion=criterion, round_neurons=4,
+        schedule={"type": "cubic", "start": 2, "end": 8, "every": 2},
+        distill={"alpha": 0.5, "temperature": 2.0} if distill else {"alpha": 0.0},
+    )
+
+
+class StopAt(transformers.TrainerCallback):
+    """Simulates a run killed right after the checkpoint of step `step`."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
 def run(name: str, output_dir: str | Path, batch: int, steps: int = 10, accumulation: int = 1) -> dict:
     """Train configuration `name` with per-device batch `batch` (times `accumulation` micro-batches per optimizer
     step); write and return this process's result."""
     family, criterion, distill = RUNS[name]
     output = Path(output_dir)
     model = build(family, **NO_DROPOUT[family])
-    recipe = hfprune.Recipe(
-        target={"flops": 0.5}, criterion=criterion, round_neurons=4,
-        schedule={"type": "cubic", "start": 2, "end": 8, "every": 2},
-        distill={"alpha": 0.5, "temperature": 2.0} if distill else {"alpha": 0.0},
-    )
+    recipe = worker_recipe(criterion, distill)
     callback = hfprune.PruningCallback(recipe, seq_len=10)
     args = transformers.TrainingArguments(
         output_dir=str(output), max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-3,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from ddp_worker import NO_DROPOUT, Topics  # beside this file
+from ddp_worker import NO_DROPOUT, StopAt, Topics, worker_recipe  # beside this file
 from ddp_worker import RUNS as DDP_RUNS
 from tiny_models import build
 
@@ -63,15 +63,6 @@ def fsdp_on_cpu(trainer: transformers.Trainer) -> None:
     trainer.is_fsdp_enabled = True
 
 
-class StopAt(transformers.TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
-
-
 def run(name: str, output_dir: str | Path, batch: int, steps: int = 10, fsdp: int | None = 2, stop: int | None = None,
         resume: bool = False, teacher: torch.nn.Module | None = None, shim: bool = True) -> dict:
     """Train configuration `name` (per-device batch `batch`) under FSDP `fsdp` (2, 1, or None: no FSDP); write and
@@ -79,11 +70,7 @@ def run(name: str, output_dir: str | Path, batch: int, steps: int = 10, fsdp: in
     family, criterion, distill = RUNS[VARIANTS.get(name, name)]
     output = Path(output_dir)
     model = build(family, **NO_DROPOUT[family])
-    recipe = hfprune.Recipe(
-        target={"flops": 0.5}, criterion=criterion, round_neurons=4,
-        schedule={"type": "cubic", "start": 2, "end": 8, "every": 2},
-        distill={"alpha": 0.5, "temperature": 2.0} if distill else {"alpha": 0.0},
-    )
+    recipe = worker_recipe(criterion, distill)
     state_dict = "SHARDED_STATE_DICT" if name == SHARDED_RESUME else "FULL_STATE_DICT"
     sharding = {} if fsdp is None else dict(fsdp=True, fsdp_config={
         "version": fsdp, "transformer_layer_cls_to_wrap": [LAYER[family]], "state_dict_type": state_dict})

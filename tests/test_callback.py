@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import transformers
+from ddp_worker import StopAt  # beside this file
 from tiny_models import build
 
 import hfprune
@@ -223,17 +224,6 @@ def test_bad_distill_settings_are_named():
         hfprune.Recipe(distill={"temp": 2})
     with pytest.raises(hfprune.RecipeError, match=r"distill.alpha must lie in \[0, 1\]"):
         hfprune.Recipe(distill={"alpha": 2})
-
-
-class StopAt(transformers.TrainerCallback):
-    """Simulates a run killed right after the checkpoint of step `step`."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def test_resume_from_checkpoint_ends_with_the_same_model(tmp_path):
