@@ -45,6 +45,7 @@ from .sparsity.semi_structured import to_semi_structured
 from .sparsity.sparsify import sparsify
 from .sparsity.targets import weight_sparsity, weight_targets
 from .structured.criteria import Scores, register_criterion
+from .structured.offload import prune_checkpoint
 from .structured.prune import prune
 from .training.callback import PruningCallback
 from .training.distill import Distiller
@@ -90,6 +91,7 @@ __all__ = [
     "load_dataset",
     "measure_latency",
     "prune",
+    "prune_checkpoint",
     "push_to_hub",
     "register_adapter",
     "register_criterion",

@@ -120,7 +120,7 @@ class LayerInputs:
         elif self.carry and self.layer is not None and self.layer[0] == stack and self.layer[1] < index:
             calls = self.calls
             for passed in range(self.layer[1], index):
-                calls = [self._next(self.model.get_submodule(f"{stack}.{passed}"), call) for call in calls]
+                calls = [next_call(self.model.get_submodule(f"{stack}.{passed}"), call) for call in calls]
                 if None in calls:
                     break
             if None in calls:
@@ -136,16 +136,17 @@ class LayerInputs:
         self.layer, self.calls = (stack, index), calls
         return calls
 
-    @staticmethod
-    def _next(layer: nn.Module, call: BlockCall) -> BlockCall | None:
-        """The call of the layer after `layer`: the same arguments, with `layer`'s output as hidden states."""
-        if not call.args and "hidden_states" not in call.kwargs:
-            return None
-        output = layer(*call.args, **call.kwargs)
-        hidden = output[0] if isinstance(output, (tuple, list)) else output
-        if call.args:
-            return BlockCall((hidden, *call.args[1:]), call.kwargs, call.token_mask)
-        return BlockCall(call.args, {**call.kwargs, "hidden_states": hidden}, call.token_mask)
+
+def next_call(layer: nn.Module, call: BlockCall) -> BlockCall | None:
+    """The call of the layer after `layer`: the same arguments, with `layer`'s output as hidden states (None when
+    the call does not say which argument the hidden states are)."""
+    if not call.args and "hidden_states" not in call.kwargs:
+        return None
+    output = layer(*call.args, **call.kwargs)
+    hidden = output[0] if isinstance(output, (tuple, list)) else output
+    if call.args:
+        return BlockCall((hidden, *call.args[1:]), call.kwargs, call.token_mask)
+    return BlockCall(call.args, {**call.kwargs, "hidden_states": hidden}, call.token_mask)
 
 
 class InputStatistic:

@@ -231,6 +231,23 @@ def _explain_shape_mismatch(cls: type, directory: Path) -> None:
     check_shapes(model, shapes, targets, f"the model config.json describes (is {PRUNING_CONFIG} missing?)")
 
 
+def empty_model(directory: Path, model_class: type | None = None) -> nn.Module:
+    """The model a local checkpoint directory holds, built to its (pruned) shapes on the meta device, with its
+    pruning record attached: no weight is read. Buffers that checkpoints do not hold (rotary frequencies) are real
+    tensors on the CPU, so a part of the model loaded later (`hfprune.checkpoint.stream`) runs as it is."""
+    if not (directory / "config.json").exists():
+        raise CheckpointError(f"{directory} has no config.json")
+    config = transformers.AutoConfig.from_pretrained(directory)
+    spec = _read_pruning_config(directory)
+    _dense_hidden(config, spec, directory / PRUNING_CONFIG)
+    model = _empty_model(_model_class(config, model_class), config)
+    prepared_adapter(model)
+    if spec is not None:
+        _reshape(model, spec, directory / PRUNING_CONFIG)
+        _attach_record(model, spec)
+    return model
+
+
 def from_pretrained(
     path_or_repo_id: str | os.PathLike,
     model_class: type | None = None,
@@ -272,23 +289,15 @@ def from_pretrained(
     if not (directory / "config.json").exists():
         raise CheckpointError(f"{directory} has no config.json")
     config = transformers.AutoConfig.from_pretrained(directory)
-    spec = _read_pruning_config(directory)
-    cls = _model_class(config, model_class)
-    if spec is None and str(device) != "meta":
-        model = _load_with_transformers(cls, directory)
+    if not (directory / PRUNING_CONFIG).exists() and str(device) != "meta":
+        model = _load_with_transformers(_model_class(config, model_class), directory)
         prepared_adapter(model)
     else:
-        _dense_hidden(config, spec, directory / PRUNING_CONFIG)
-        model = _empty_model(cls, config)
-        prepared_adapter(model)
-        if spec is not None:
-            _reshape(model, spec, directory / PRUNING_CONFIG)
+        model = empty_model(directory, model_class)
         if str(device) != "meta":
             load_weights(model, directory)
         else:
             model.tie_weights()  # so shared embeddings count once, as they do in the loaded model
-    if spec is not None:
-        _attach_record(model, spec)
     if (directory / "generation_config.json").exists() and hasattr(model, "generation_config"):
         model.generation_config = transformers.GenerationConfig.from_pretrained(directory)
     return model.to(device or "cpu").eval()

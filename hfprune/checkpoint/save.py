@@ -16,6 +16,8 @@ import os
 import shutil
 import types
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch.nn as nn
@@ -94,13 +96,22 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, **kwarg
         save_directory: target directory, created if needed.
         kwargs: passed to transformers' `save_pretrained` (e.g. `max_shard_size`).
     """
+    with staged(save_directory) as staging:
+        type(model).save_pretrained(model, staging, **kwargs)  # the class method: the instance one leads here
+        if get_record(model) is not None:
+            (staging / PRUNING_CONFIG).write_text(json.dumps(pruning_config(model), indent=1))
+
+
+@contextmanager
+def staged(save_directory: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling of `save_directory` to write a checkpoint into, moved into place when the `with` block
+    ends without error (stale weights and pruning metadata of a checkpoint already there removed, its other files
+    kept), and removed in every case: a failure leaves `save_directory` as it was."""
     target = Path(save_directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.hfprune-{uuid.uuid4().hex[:8]}"
     try:
-        type(model).save_pretrained(model, staging, **kwargs)  # the class method: the instance one leads here
-        if get_record(model) is not None:
-            (staging / PRUNING_CONFIG).write_text(json.dumps(pruning_config(model), indent=1))
+        yield staging
         _move_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

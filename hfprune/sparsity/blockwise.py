@@ -49,23 +49,30 @@ def prune_blockwise(model: nn.Module, targets: list, batches: list, kind: str,
     try:
         for layer_path, layer_targets in tqdm(blocks.items(), desc=f"weight sparsity ({kind})", unit="block",
                                               leave=False):
-            block = model.get_submodule(layer_path)
-            calls = layer_inputs.at(layer_path)
-            groups = input_groups(block, layer_targets, calls[0])
-            for stage in ([g] for g in groups) if sequential else [groups]:
-                statistics = [InputStatistic(kind, in_features(g[0].module), g[0].module.weight.device)
-                              for g in stage]
-                with ExitStack() as stack:
-                    for group, statistic in zip(stage, statistics, strict=True):
-                        stack.enter_context(observing(group[0].module, statistic))
-                    _run_until(block, calls, [t.module for g in stage for t in g], statistics)
-                for group, statistic in zip(stage, statistics, strict=True):
-                    value = statistic.value()
-                    for target in group:
-                        prune(target, value)
-                del statistics, value
+            prune_block(model.get_submodule(layer_path), layer_targets, layer_inputs.at(layer_path), kind, prune,
+                        sequential)
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def prune_block(block: nn.Module, targets: list, calls: list[BlockCall], kind: str,
+                prune: Callable[[object, torch.Tensor], None], sequential: bool = False) -> None:
+    """Prune the `targets` of one `block` (all inside it), given what the block receives on every calibration
+    batch (`calls`): the step `prune_blockwise` takes at each block, for a caller that carries the calls itself
+    (`hfprune.structured.offload`, which holds one block in memory at a time)."""
+    groups = input_groups(block, targets, calls[0])
+    for stage in ([g] for g in groups) if sequential else [groups]:
+        statistics = [InputStatistic(kind, in_features(g[0].module), g[0].module.weight.device) for g in stage]
+        with ExitStack() as stack:
+            for group, statistic in zip(stage, statistics, strict=True):
+                stack.enter_context(observing(group[0].module, statistic))
+            _run_until(block, calls, [t.module for g in stage for t in g], statistics)
+        for group, statistic in zip(stage, statistics, strict=True):
+            value = statistic.value()
+            for target in group:
+                prune(target, value)
+        del statistics, value
 
 
 def input_groups(block: nn.Module, targets: list, call: BlockCall) -> list[list]:

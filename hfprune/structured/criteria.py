@@ -231,37 +231,49 @@ def movement_step(model: nn.Module) -> tuple[dict, dict]:
     return unit_sums(model, values)
 
 
+class ActivationMeans:
+    """The activation criterion's running sums: a `SoftMasks` observer that adds up what each gate sees (mean
+    |activation| of a neuron or channel, mean L2 norm of a head's context), over the real tokens of `batch` (set
+    it to the batch being run before each forward). `activation` drives it over the whole model; a caller holding
+    one block at a time can drive it block by block (`hfprune.structured.offload`)."""
+
+    def __init__(self):
+        self.sums: dict[tuple[str, str], torch.Tensor] = {}
+        self.seen: dict[tuple[str, str], int] = {}
+        self.batch: dict | None = None
+
+    def __call__(self, kind: str, name: str, values: torch.Tensor) -> None:
+        # values: (..., units) for neurons and channels, (..., heads, head_dim) for heads; averaged over real
+        # tokens only.
+        magnitude = values.norm(dim=-1) if kind == "heads" else values.abs()
+        mask = real_positions(self.batch, magnitude.shape) if magnitude.dim() > 2 else None
+        if mask is not None:
+            magnitude = magnitude * mask[..., None].to(magnitude.dtype)
+        total = magnitude.flatten(0, -2).sum(0).float()
+        self.sums[(kind, name)] = self.sums.get((kind, name), 0) + total
+        # Per site: an encoder-decoder's encoder sees many more positions (Whisper: 1500 frames) than its
+        # decoder (a transcript); a shared count would rank every decoder unit below the encoder's.
+        self.seen[(kind, name)] = self.seen.get((kind, name), 0) + (int(mask.sum()) if mask is not None else len(
+            magnitude.flatten(0, -2)))
+
+    def scores(self) -> Scores:
+        def mean(kind):
+            return {n: s / max(self.seen[(k, n)], 1) for (k, n), s in self.sums.items() if k == kind}
+
+        return Scores(mean("heads"), mean("neurons"), comparable=False, channels=mean("channels"))
+
+
 @register_criterion("activation")
 @torch.no_grad()
 def activation(model: nn.Module, batches: list, channels: bool = False) -> Scores:
     device = _device(model)
-    sums: dict[tuple[str, str], torch.Tensor] = {}
-    seen: dict[tuple[str, str], int] = {}
-    current = {"batch": None}
-
-    def observe(kind: str, name: str, values: torch.Tensor) -> None:
-        # values: (..., units) for neurons and channels, (..., heads, head_dim) for heads; averaged over real
-        # tokens only.
-        magnitude = values.norm(dim=-1) if kind == "heads" else values.abs()
-        mask = real_positions(current["batch"], magnitude.shape) if magnitude.dim() > 2 else None
-        if mask is not None:
-            magnitude = magnitude * mask[..., None].to(magnitude.dtype)
-        total = magnitude.flatten(0, -2).sum(0).float()
-        sums[(kind, name)] = sums.get((kind, name), 0) + total
-        # Per site: an encoder-decoder's encoder sees many more positions (Whisper: 1500 frames) than its
-        # decoder (a transcript); a shared count would rank every decoder unit below the encoder's.
-        seen[(kind, name)] = seen.get((kind, name), 0) + (int(mask.sum()) if mask is not None else len(
-            magnitude.flatten(0, -2)))
-
-    with SoftMasks(model, observer=observe, channels=channels):
+    means = ActivationMeans()
+    with SoftMasks(model, observer=means, channels=channels):
         for batch in _progress(batches, "activation scores"):
             batch = _to(batch, device)
-            current["batch"] = batch
+            means.batch = batch
             model(**{k: v for k, v in batch.items() if k != "labels"})
-    def mean(kind):
-        return {n: s / max(seen[(k, n)], 1) for (k, n), s in sums.items() if k == kind}
-
-    return Scores(mean("heads"), mean("neurons"), comparable=False, channels=mean("channels"))
+    return means.scores()
 
 
 def examples_in(batch: dict) -> int:

@@ -56,7 +56,7 @@ def _batch_size(batch: dict) -> int:
     return next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape[0]
 
 
-def _limit(batches: list, num_samples: int) -> list:
+def limit_samples(batches: list, num_samples: int) -> list:
     """The first batches holding at most `num_samples` examples (the last one cut to fit)."""
     kept, seen = [], 0
     for batch in batches:
@@ -108,7 +108,7 @@ def prune(
         raise RecipeError("movement scores accumulate during training: use hfprune.PruningCallback, not prune()")
     asked, recipe = recipe, _resolved(recipe, prepared_adapter(model), structured)
     if weights is not None:
-        _check_weight_pattern(model, recipe, weights)
+        check_weight_pattern(model, recipe, weights)
     if structured and recipe.add_bias:
         bias_sites(model)  # refused before anything runs when the config cannot carry the biases
     needed_by = None
@@ -125,7 +125,7 @@ def prune(
         needed_by = "mask tuning (`tune`; `tune: false` needs no data)"
     if needed_by is None and weights is not None and WEIGHT_CRITERIA[weights.criterion].statistic:
         needed_by = f"weights criterion {weights.criterion!r}"
-    batches = _limit(check_calibration(calibration, needed_by), recipe.num_samples)
+    batches = limit_samples(check_calibration(calibration, needed_by), recipe.num_samples)
     if structured and recipe.criterion in LABELLED_CRITERIA:
         check_label_coverage(batches, getattr(model.config, "num_labels", None), f"criterion {recipe.criterion!r}")
     device = next(model.parameters()).device
@@ -200,7 +200,7 @@ def _check_given_scores(scores: Scores, before, recipe: Recipe) -> None:
             )
 
 
-def _check_weight_pattern(model, recipe: Recipe, weights) -> None:
+def check_weight_pattern(model, recipe: Recipe, weights) -> None:
     """Refuse an N:M pattern that some layer's inputs cannot tile, now or after head removal, before any change."""
     check_widths(weight_targets(model), weights)
     if weights.n_m and "heads" in recipe.structures:
@@ -221,7 +221,7 @@ def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningRe
         report.latency = [profile.seconds, None]
         before = latency_costed(profile, recipe, before)
     # What each refinement step contributes is measured on a slice of the calibration data: enough to compare.
-    probe, dense = reference_outputs(model, _limit(batches, QUALITY_SAMPLES))
+    probe, dense = reference_outputs(model, limit_samples(batches, QUALITY_SAMPLES))
     removed_layers: list[str] = []
     if given is not None:
         _check_given_scores(given, before, recipe)

@@ -1,0 +1,144 @@
+"""A checkpoint read and written one part at a time, for models larger than memory.
+
+`CheckpointParts` builds the model a checkpoint holds on the meta device (shapes only: `load.empty_model`),
+checks every tensor of its safetensors files (one file, or the shards that model.safetensors.index.json lists)
+against it from their headers alone, then reads the tensors of one module at a time (`load`) and hands the
+module back to the meta device when done with it (`release`), freeing its memory. A file is opened only while a
+part is read: its pages are mapped into the process only for that long.
+
+`ShardWriter` writes the tensors of one part at a time as a safetensors shard into a staging directory and, once
+every part is in, the shard index, config.json and pruning_config.json, then moves the directory into place as
+`save_pretrained` does (`save.staged`): the result is a normal sharded checkpoint that `hfprune.from_pretrained`
+(and, where the config expresses every shape, plain transformers) loads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..core.record import get_record
+from ..errors import CheckpointError
+from .load import empty_model
+from .save import PRUNING_CONFIG, pruning_config
+from .weights import check_shapes, checkpoint_shapes, match_keys
+
+
+class CheckpointParts:
+    """The model of the checkpoint in `directory`, on the meta device, with its tensors read on demand.
+
+    Args:
+        directory: a local checkpoint directory (safetensors weights, one file or sharded).
+        model_class: the transformers class to build; defaults to `config.architectures[0]`.
+        device: where loaded tensors go (default: CPU).
+
+    Raises:
+        `CheckpointError` when the directory has no config or weights, a file is not readable safetensors, or a
+        tensor is missing, extra or of another shape than the model built from the config needs: before any
+        tensor is read.
+    """
+
+    def __init__(self, directory: Path, model_class: type | None = None, device: str | torch.device | None = None):
+        self.directory, self.device = directory, torch.device(device or "cpu")
+        self.model = empty_model(directory, model_class)
+        shapes = checkpoint_shapes(directory)
+        targets, unexpected = match_keys(self.model, shapes)
+        check_shapes(self.model, shapes, targets, "the model its config.json describes")
+        if unexpected:
+            raise CheckpointError(f"{directory}: the weights hold tensors the model does not have: {unexpected[:8]}")
+        # model key -> (file, checkpoint key)
+        self.sources = {target: (directory / shapes[key][0], key) for key, target in targets.items()}
+        missing = [name for name in self._tensor_names() if name not in self.sources]
+        if missing:
+            raise CheckpointError(f"{directory}: the weights lack tensors the model needs: {missing[:8]}")
+
+    def _tensor_names(self) -> list[str]:
+        """The model's saved tensors, one name per tensor: of tied parameters (an LM head sharing the embedding's
+        weight) only the first, which is what checkpoints hold."""
+        names, seen = [], set()
+        for name, tensor in self.model.state_dict(keep_vars=True).items():
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                names.append(name)
+        return names
+
+    def load(self, module_path: str = "", skip: str | None = None) -> None:
+        """Read every tensor of the module at `module_path` (`""`: the whole model) except those under the module
+        path `skip`, onto `device`. Tied parameters are tied again afterwards."""
+        prefix = f"{module_path}." if module_path else ""
+        wanted = [n for n in self.sources if n.startswith(prefix) and not (skip and n.startswith(f"{skip}."))]
+        by_file: dict[Path, list[str]] = {}
+        for name in wanted:
+            by_file.setdefault(self.sources[name][0], []).append(name)
+        loaded = {}
+        for file, names in by_file.items():
+            try:
+                with safe_open(str(file), framework="pt", device=str(self.device)) as reader:
+                    for name in names:
+                        loaded[name] = reader.get_tensor(self.sources[name][1])
+            except Exception as error:  # safetensors raises its own error types for a damaged file
+                raise CheckpointError(f"{file} could not be read as safetensors: {error}") from error
+        self.model.load_state_dict(loaded, strict=False, assign=True)
+        if not module_path:
+            self.model.tie_weights()
+
+    def release(self, module_path: str) -> None:
+        """Hand the module at `module_path` back to the meta device (its shapes stay, its memory is freed)."""
+        self.model.get_submodule(module_path).to("meta")
+
+
+class ShardWriter:
+    """Writes a checkpoint part by part (one safetensors shard each) into `staging`; `finish` completes it.
+
+    Args:
+        staging: the directory to write into (created; see `save.staged` for moving it into place).
+    """
+
+    def __init__(self, staging: Path):
+        self.staging = staging
+        staging.mkdir(parents=True)
+        self.shards: list[Path] = []
+        self.weight_map: dict[str, str] = {}
+        self.total_size = 0
+
+    def write(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Write `tensors` (state-dict names) as the next shard. Of tensors sharing memory (tied weights) only the
+        first is written, as transformers writes them; tied weights belong to one part (the memory of a part
+        already written may hold another part's tensors now)."""
+        fresh, written = {}, set()
+        for name, tensor in tensors.items():
+            if tensor.is_meta:
+                raise CheckpointError(f"{name} has no values (it is on the meta device) and cannot be saved")
+            if tensor.data_ptr() in written:
+                continue
+            written.add(tensor.data_ptr())
+            fresh[name] = tensor.detach().to("cpu").contiguous()
+        if not fresh:
+            return
+        shard = self.staging / f"part-{len(self.shards)}.safetensors"
+        save_file(fresh, str(shard), metadata={"format": "pt"})
+        self.shards.append(shard)
+        for name, tensor in fresh.items():
+            self.weight_map[name] = shard.name
+            self.total_size += tensor.numel() * tensor.element_size()
+
+    def finish(self, model: nn.Module) -> None:
+        """Name the shards as transformers does, write the index, the config (and generation config) of `model`,
+        which may be on the meta device, and its pruning_config.json when it has a pruning record."""
+        names = {}
+        for index, shard in enumerate(self.shards, 1):
+            names[shard.name] = f"model-{index:05d}-of-{len(self.shards):05d}.safetensors"
+            shard.rename(self.staging / names[shard.name])
+        index = {"metadata": {"total_size": self.total_size},
+                 "weight_map": {name: names[shard] for name, shard in sorted(self.weight_map.items())}}
+        (self.staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        model.config.save_pretrained(self.staging)
+        if getattr(model, "generation_config", None) is not None and model.can_generate():
+            model.generation_config.save_pretrained(self.staging)
+        if get_record(model) is not None:
+            (self.staging / PRUNING_CONFIG).write_text(json.dumps(pruning_config(model), indent=1))
