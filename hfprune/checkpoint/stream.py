@@ -3,8 +3,9 @@
 `CheckpointParts` builds the model a checkpoint holds on the meta device (shapes only: `load.empty_model`),
 checks every tensor of its safetensors files (one file, or the shards that model.safetensors.index.json lists)
 against it from their headers alone, then reads the tensors of one module at a time (`load`) and hands the
-module back to the meta device when done with it (`release`), freeing its memory. A file is opened only while a
-part is read: its pages are mapped into the process only for that long.
+module back to the meta device when done with it (`release`), freeing its memory. Tensors are read with plain file
+reads into their own memory (`safetensors_io`), never by mapping a file: a process allowed less memory than one
+shard can still read it.
 
 `ShardWriter` writes the tensors of one part at a time as a safetensors shard into a staging directory and, once
 every part is in, the shard index, config.json and pruning_config.json, then moves the directory into place as
@@ -19,14 +20,13 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..core.record import get_record
 from ..errors import CheckpointError
 from .load import empty_model
+from .safetensors_io import read_header, read_tensors, write_file
 from .save import PRUNING_CONFIG, pruning_config
-from .weights import check_shapes, checkpoint_shapes, match_keys
+from .weights import check_shapes, match_keys, weight_files
 
 
 class CheckpointParts:
@@ -38,7 +38,7 @@ class CheckpointParts:
         device: where loaded tensors go (default: CPU).
 
     Raises:
-        `CheckpointError` when the directory has no config or weights, a file is not readable safetensors, or a
+        `CheckpointError` when the directory has no config or weights, a file is not complete safetensors, or a
         tensor is missing, extra or of another shape than the model built from the config needs: before any
         tensor is read.
     """
@@ -46,13 +46,15 @@ class CheckpointParts:
     def __init__(self, directory: Path, model_class: type | None = None, device: str | torch.device | None = None):
         self.directory, self.device = directory, torch.device(device or "cpu")
         self.model = empty_model(directory, model_class)
-        shapes = checkpoint_shapes(directory)
+        self.headers = {file: read_header(file) for file in weight_files(directory)}
+        files = {key: file for file, header in self.headers.items() for key in header}
+        shapes = {key: (file.name, self.headers[file][key].shape) for key, file in files.items()}
         targets, unexpected = match_keys(self.model, shapes)
         check_shapes(self.model, shapes, targets, "the model its config.json describes")
         if unexpected:
             raise CheckpointError(f"{directory}: the weights hold tensors the model does not have: {unexpected[:8]}")
-        # model key -> (file, checkpoint key)
-        self.sources = {target: (directory / shapes[key][0], key) for key, target in targets.items()}
+        # model tensor name -> (file, checkpoint tensor name)
+        self.sources = {target: (files[key], key) for key, target in targets.items()}
         missing = [name for name in self._tensor_names() if name not in self.sources]
         if missing:
             raise CheckpointError(f"{directory}: the weights lack tensors the model needs: {missing[:8]}")
@@ -77,12 +79,9 @@ class CheckpointParts:
             by_file.setdefault(self.sources[name][0], []).append(name)
         loaded = {}
         for file, names in by_file.items():
-            try:
-                with safe_open(str(file), framework="pt", device=str(self.device)) as reader:
-                    for name in names:
-                        loaded[name] = reader.get_tensor(self.sources[name][1])
-            except Exception as error:  # safetensors raises its own error types for a damaged file
-                raise CheckpointError(f"{file} could not be read as safetensors: {error}") from error
+            tensors = read_tensors(file, self.headers[file], [self.sources[name][1] for name in names])
+            for name in names:
+                loaded[name] = tensors.pop(self.sources[name][1]).to(self.device)
         self.model.load_state_dict(loaded, strict=False, assign=True)
         if not module_path:
             self.model.tie_weights()
@@ -121,7 +120,7 @@ class ShardWriter:
         if not fresh:
             return
         shard = self.staging / f"part-{len(self.shards)}.safetensors"
-        save_file(fresh, str(shard), metadata={"format": "pt"})
+        write_file(shard, fresh, metadata={"format": "pt"})
         self.shards.append(shard)
         for name, tensor in fresh.items():
             self.weight_map[name] = shard.name

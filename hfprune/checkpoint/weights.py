@@ -23,7 +23,7 @@ _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 _Shapes = dict[str, tuple[str, tuple[int, ...]]]  # checkpoint key -> (file name, shape)
 
 
-def _weight_files(directory: Path) -> list[Path]:
+def weight_files(directory: Path) -> list[Path]:
     single, index = (directory / name for name in _WEIGHT_FILES)
     if single.exists():
         return [single]
@@ -46,7 +46,7 @@ def load_weights(model: nn.Module, directory: Path) -> None:
     if unexpected:
         raise CheckpointError(f"{directory}: the weights hold tensors the model does not have: {unexpected[:8]}")
     loaded: dict[str, torch.Tensor] = {}
-    for file in _weight_files(directory):
+    for file in weight_files(directory):
         try:
             with safe_open(str(file), framework="pt") as reader:
                 for key in reader.keys():
@@ -72,7 +72,7 @@ def load_weights(model: nn.Module, directory: Path) -> None:
 def checkpoint_shapes(directory: Path) -> _Shapes:
     """Every tensor's file and shape, from the safetensors headers alone (no tensor is read)."""
     shapes = {}
-    for file in _weight_files(directory):
+    for file in weight_files(directory):
         try:
             with safe_open(str(file), framework="pt") as reader:
                 for key in reader.keys():
