@@ -1,9 +1,10 @@
 """Command line.
 
-`hfprune prune --model DIR_OR_ID --recipe R --data D --out O [--push-to-hub ID]` loads the model (a plain
-transformers checkpoint or an hfprune one), builds calibration batches from D with the model's own tokenizer (or,
-for a speech model, its feature extractor: D is then a directory of audio files or a dataset with an audio
-column), prunes per the recipe, and saves a reloadable model, its tokenizer / feature extractor, the report
+`hfprune prune --model DIR_OR_ID --recipe R --data D --out O [--block-by-block] [--push-to-hub ID]` loads the
+model (a plain transformers checkpoint or an hfprune one), builds calibration batches from D with the model's own
+tokenizer (or, for a speech model, its feature extractor: D is then a directory of audio files or a dataset with
+an audio column), prunes per the recipe (with `--block-by-block`, one transformer block in memory at a time:
+`hfprune.prune_checkpoint`), and saves a reloadable model, its tokenizer / feature extractor, the report
 (`pruning_report.txt`) and a model card (`README.md` + `pruning.png`); with `--push-to-hub` that directory is then
 uploaded in one commit.
 
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--batch-size", type=int, default=16, help="calibration batch size")
     prune.add_argument("--max-length", type=int, default=128, help="truncate calibration texts to this many tokens")
     prune.add_argument("--max-duration", type=float, default=30.0, help="cut calibration audio to this many seconds")
+    prune.add_argument("--block-by-block", action="store_true", help="read, prune and write one transformer block "
+                       "at a time, for a model larger than memory (Llama, Mistral, Qwen2; see "
+                       "hfprune.prune_checkpoint for the recipes it takes)")
     prune.add_argument("--push-to-hub", metavar="ID", help="then upload the output directory to this Hub repo")
     prune.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
 
@@ -77,12 +81,24 @@ def prune_command(args: argparse.Namespace) -> None:
 
         check_repo_id(args.push_to_hub)  # a bad id or no token: say so now, not after pruning
         resolve_token(None)
-    model = from_pretrained(args.model)
-    batches, preprocessors = _calibration(args, model, recipe) if args.data else (None, [])
-    report = prune(model, recipe, calibration=batches)
-    print(report)
     out = Path(args.out)
-    save_pretrained(model, out)
+    if args.block_by_block:
+        from .checkpoint import local_directory
+        from .structured.offload import prune_checkpoint
+
+        directory = local_directory(args.model, None, None)
+        # Shapes only, no weight read: what building the calibration batches needs to know of the model.
+        model = from_pretrained(directory, device="meta")
+        batches, preprocessors = _calibration(args, model, recipe) if args.data else (None, [])
+        report = prune_checkpoint(directory, recipe, calibration=batches, save_directory=out)
+        model = from_pretrained(out, device="meta")  # the model card counts shapes
+        print(report)
+    else:
+        model = from_pretrained(args.model)
+        batches, preprocessors = _calibration(args, model, recipe) if args.data else (None, [])
+        report = prune(model, recipe, calibration=batches)
+        print(report)
+        save_pretrained(model, out)
     for preprocessor in preprocessors:
         preprocessor.save_pretrained(out)
     (out / "pruning_report.txt").write_text(str(report) + "\n")

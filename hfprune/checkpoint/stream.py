@@ -46,6 +46,7 @@ class CheckpointParts:
     def __init__(self, directory: Path, model_class: type | None = None, device: str | torch.device | None = None):
         self.directory, self.device = directory, torch.device(device or "cpu")
         self.model = empty_model(directory, model_class)
+        self.model.tie_weights()  # a tied LM head is the embedding's weight, which the checkpoint holds once
         self.headers = {file: read_header(file) for file in weight_files(directory)}
         files = {key: file for file, header in self.headers.items() for key in header}
         shapes = {key: (file.name, self.headers[file][key].shape) for key, file in files.items()}

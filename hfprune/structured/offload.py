@@ -42,7 +42,7 @@ from ..checkpoint.stream import CheckpointParts, ShardWriter
 from ..core import find_stacks
 from ..core.masks import SoftMasks
 from ..core.record import ensure_record
-from ..core.surgery import remove_heads, remove_neurons
+from ..core.surgery import remove_heads, remove_neurons, sync_config
 from ..cost.flops import count
 from ..errors import RecipeError, UnsupportedModelError
 from ..publish.report import PruningReport
@@ -69,7 +69,8 @@ def prune_checkpoint(
     checkpoint: str | os.PathLike,
     recipe: Recipe | dict,
     calibration: Iterable[dict] | None = None,
-    save_directory: str | os.PathLike | None = None,
+    *,
+    save_directory: str | os.PathLike,
     device: str | torch.device | None = None,
     model_class: type | None = None,
 ) -> PruningReport:
@@ -103,8 +104,6 @@ def prune_checkpoint(
         >>> model = hfprune.from_pretrained("out")
         ```
     """
-    if save_directory is None:
-        raise RecipeError("prune_checkpoint writes the pruned checkpoint: give a save_directory")
     recipe = _blockwise_recipe(recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe))
     parts = CheckpointParts(local_directory(checkpoint, None, None), model_class, device)
     model = parts.model
@@ -220,6 +219,10 @@ def _prune_blocks(parts, stack, plan, weights: WeightSettings | None, batches: l
     heads, neurons = plan.removals(report.before) if plan is not None else ({}, {})
     statistic = WEIGHT_CRITERIA[weights.criterion].statistic if weights is not None and weights.sparsity else None
     calls = block_calls(model, stack.layers[0], batches) if statistic else None
+    # Surgery writes every shape the config can express after each call (`sync_config`), and a shape that is
+    # uniform only halfway through (some blocks pruned, the rest not yet) would stay written: the config is put
+    # back and synced once at the end, to what pruning the whole model at once writes.
+    config = dict(vars(model.config))
     for index, path, block in _blocks(parts, stack, "pruning"):
         layer = f"{stack.spec.name}.{index}"
         with report.phase("surgery"):
@@ -231,6 +234,10 @@ def _prune_blocks(parts, stack, plan, weights: WeightSettings | None, batches: l
         if calls is not None:
             calls = [next_call(block, call) for call in calls]  # the next block's inputs, from this pruned block
         writer.write({f"{path}.{k}": v for k, v in block.state_dict().items()})
+    if heads or neurons:
+        vars(model.config).clear()
+        vars(model.config).update(config)
+        sync_config(model)
 
 
 def _sparsify_block(model, block, path: str, weights: WeightSettings, statistic: str | None, calls, report) -> None:
