@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -245,18 +246,20 @@ def test_cli_block_by_block_equals_the_cli_on_the_loaded_model(tmp_path):
 
 
 def test_peak_memory_is_about_one_block(tmp_path):
-    """In a fresh process, Wanda and then structured activation pruning block by block of a model of ~100 MB
-    (12 blocks of ~8 MB) grow the peak resident memory by well under half the model: one block, the embeddings
-    and the calibration activations, not the model."""
+    """In fresh processes, Wanda and structured activation pruning block by block of a model of 250 MB (64 blocks
+    of 4 MB) grow the peak resident memory by under a third of the model (measured: ~50 MB): one block, the
+    criteria's temporaries of one linear, the embeddings, the calibration activations and what torch allocates on a
+    first forward pass; not the model (pruning it whole grows it by more than the model's size)."""
     root = Path(__file__).resolve().parents[1]
-    command = [sys.executable, "-m", "scripts.benchmarks.offload_memory", "--out", str(tmp_path), "--hidden", "384",
-               "--layers", "12", "--vocab", "2048", "--samples", "4", "--seq-len", "32", "--modes", "blocks",
+    command = [sys.executable, "-m", "scripts.benchmarks.offload_memory", "--out", str(tmp_path), "--hidden", "256",
+               "--layers", "64", "--vocab", "2048", "--samples", "4", "--seq-len", "32", "--modes", "blocks",
                "--json", str(tmp_path / "result.json")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=root,
-                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     measured = json.loads((tmp_path / "result.json").read_text())
     model, block = measured["model_bytes"], measured["block_bytes"]
-    assert model > 10 * block
+    assert model > 60 * block
+    assert [run["recipe"] for run in measured["runs"]] == ["wanda", "activation"]
     for run in measured["runs"]:
-        assert run["peak_growth_bytes"] < 0.4 * model, run
+        assert run["ok"] and run["peak_growth_bytes"] < model / 3, run

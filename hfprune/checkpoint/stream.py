@@ -15,6 +15,9 @@ every part is in, the shard index, config.json and pruning_config.json, then mov
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import json
 from pathlib import Path
 
@@ -90,6 +93,26 @@ class CheckpointParts:
     def release(self, module_path: str) -> None:
         """Hand the module at `module_path` back to the meta device (its shapes stay, its memory is freed)."""
         self.model.get_submodule(module_path).to("meta")
+        _return_freed_memory()
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's `malloc_trim`, or None where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def _return_freed_memory() -> None:
+    """Give the heap memory freed with a block back to the OS. glibc keeps freed chunks smaller than its adaptive
+    mmap threshold in the heap, where the next block's differently sized tensors fragment it: a Wanda pass over 12
+    blocks of 8.6 MB grew the resident memory by ~5 MB per block without this, though no tensor outlived its
+    block; with it, it stayed flat."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class ShardWriter:
