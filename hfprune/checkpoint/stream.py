@@ -50,6 +50,10 @@ class CheckpointParts:
         self.directory, self.device = directory, torch.device(device or "cpu")
         self.model = empty_model(directory, model_class)
         self.model.tie_weights()  # a tied LM head is the embedding's weight, which the checkpoint holds once
+        for module in self.model.modules():  # buffers no checkpoint holds (rotary frequencies) are built on the CPU
+            for name, buffer in module._buffers.items():
+                if buffer is not None and not buffer.is_meta:
+                    module._buffers[name] = buffer.to(self.device)
         self.headers = {file: read_header(file) for file in weight_files(directory)}
         files = {key: file for file, header in self.headers.items() for key in header}
         shapes = {key: (file.name, self.headers[file][key].shape) for key, file in files.items()}
