@@ -97,7 +97,7 @@ def child(args) -> int:
     except (MemoryError, RuntimeError, OSError, hfprune.HfpruneError) as error:  # an allocation past the limit
         # fails in torch's allocator (RuntimeError), in Python (MemoryError), or mapping a shard, which
         # hfprune.from_pretrained reports as a CheckpointError
-        result.update(ok=False, error=str(error).strip().splitlines()[0][:160])
+        result.update(ok=False, error=str(error).strip().splitlines()[0])
     status = memory_status()
     result.update(seconds=time.perf_counter() - start, peak=status["VmHWM"],
                   peak_growth_bytes=status["VmHWM"] - baseline["VmRSS"])
@@ -184,7 +184,7 @@ def table(measured: dict) -> str:
              "| recipe | run | limit | peak RSS growth | peak RSS | time | result |", "|---|---|---|---|---|---|---|"]
     for run in measured["runs"]:
         limit = f"{run['limit_mb']} MB" if run["limit_mb"] else "none"
-        outcome = "ok" if run["ok"] else f"failed: {run['error'][:70]}"
+        outcome = "ok" if run["ok"] else f"failed: ...{run['error'][-90:]}"  # the cause ends the message
         lines.append(f"| {run['recipe']} | {run['mode']} | {limit} | {mb(run['peak_growth_bytes'])} | "
                      f"{mb(run['peak'])} | {run['seconds']:.0f} s | {outcome} |")
     for recipe, check in measured.get("equal", {}).items():
