@@ -107,9 +107,10 @@ def test_tied_embeddings_and_an_already_pruned_checkpoint(tmp_path):
     hfprune.remove_neurons(model, {"decoder.0.ffn": list(range(9))})
     hfprune.save_pretrained(model, tmp_path / "first")
     recipe = RECIPES["magnitude-heads-neurons-wanda"]
-    pruned_whole(hfprune.from_pretrained(tmp_path / "first"), recipe, batches, tmp_path / "whole")
-    hfprune.prune_checkpoint(tmp_path / "first", recipe, batches, save_directory=tmp_path / "blocks")
+    whole = pruned_whole(hfprune.from_pretrained(tmp_path / "first"), recipe, batches, tmp_path / "whole")
+    report = hfprune.prune_checkpoint(tmp_path / "first", recipe, batches, save_directory=tmp_path / "blocks")
     assert_same_checkpoint(tmp_path / "whole", tmp_path / "blocks", "qwen2")
+    assert (report.before.params, report.after.params) == (whole.before.params, whole.after.params)
     reloaded = hfprune.from_pretrained(tmp_path / "blocks")
     assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
 

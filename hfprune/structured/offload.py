@@ -125,6 +125,7 @@ def prune_checkpoint(
     with torch.no_grad(), staged(save_directory) as staging:
         writer = ShardWriter(staging)
         writer.write({k: v for k, v in model.state_dict().items() if not k.startswith(f"{stack.path}.")})
+        _drop_what_runs_after_the_blocks(parts, stack, batches)
         plan = None
         if structured:
             with report.phase("scoring"):
@@ -175,6 +176,32 @@ def _only_stack(model: nn.Module):
         raise UnsupportedModelError(f"block-by-block pruning supports {', '.join(FAMILIES)} checkpoints, not "
                                     f"{model_type!r}; load the model and use hfprune.prune")
     return stacks[0]
+
+
+def _drop_what_runs_after_the_blocks(parts: CheckpointParts, stack, batches: list) -> None:
+    """Hand the parts outside the blocks that no pass runs (the final norm and the head, which run after the blocks;
+    all of them without calibration data) back to the meta device once written: a large vocabulary's head (Llama 3:
+    2.1 GB in float32) need not stay in memory through every pass. What runs is seen on one batch: the modules
+    holding parameters that run before the first block's inputs are known."""
+    model = parts.model
+    inside = f"{stack.path}."
+    owners = [name for name, module in model.named_modules()
+              if name and not name.startswith(inside) and name != stack.path and next(module.parameters(False), None)
+              is not None]
+    ran: set[str] = set()
+    handles = [model.get_submodule(name).register_forward_pre_hook(lambda *_, name=name: ran.add(name))
+               for name in owners]
+    try:
+        if batches:
+            block_calls(model, stack.layers[0], batches[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    needed = {id(p) for name in ran for p in model.get_submodule(name).parameters(False)}
+    for name in owners:
+        # A head tied to the embedding frees nothing, and must stay tied for the counts.
+        if name not in ran and any(id(p) not in needed for p in model.get_submodule(name).parameters(False)):
+            parts.release(name)
 
 
 def _blocks(parts: CheckpointParts, stack, description: str):
