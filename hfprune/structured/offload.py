@@ -2,10 +2,11 @@
 
 For models whose weights do not fit in memory. The model is built on the meta device from its config
 (`checkpoint.stream.CheckpointParts`); the parts outside the blocks (embeddings, final norm, task head) are read
-once, the blocks one at a time: each is read, pruned, written to the output checkpoint and handed back to the
-meta device, while the calibration activations are carried from each block to the next
-(`calibration.capture.next_call`), as `hfprune.prune` carries them through a loaded model. Peak memory is one
-block, the parts outside the blocks and the calibration activations.
+and written once, and those that run after the blocks dropped again; the blocks are read one at a time: each is
+read, pruned, written to the output checkpoint and handed back to the meta device, while the calibration
+activations are carried from each block to the next (`calibration.capture.next_call`), as `hfprune.prune`
+carries them through a loaded model. Peak memory is one block, the embeddings, the calibration activations and
+the criterion's working set for one linear.
 
 - Weight sparsity (`structures: [weights]`; magnitude, Wanda, SparseGPT): one pass. Each block is calibrated on
   the outputs of the blocks already pruned (`sparsity.blockwise.prune_block`), as `sparsify` does.
@@ -76,8 +77,8 @@ def prune_checkpoint(
 ) -> PruningReport:
     """Prune the checkpoint at `checkpoint` to `recipe.target` block by block, and save the result.
 
-    One transformer block is in memory at a time (plus the embeddings, final norm and head, and the calibration
-    activations), so a model larger than memory can be pruned; the checkpoint written to `save_directory` equals
+    One transformer block is in memory at a time (plus the embeddings and the calibration activations), so a
+    model larger than memory can be pruned; the checkpoint written to `save_directory` equals
     `hfprune.prune` on the loaded model with the same recipe followed by `hfprune.save_pretrained`. Supported:
     Llama, Mistral and Qwen2 checkpoints in safetensors (one file or sharded); heads and neurons by `magnitude`
     or `activation` scores, without mask tuning or weight reconstruction; weight sparsity by magnitude (per
@@ -118,7 +119,7 @@ def prune_checkpoint(
     batches = limit_samples(check_calibration(calibration, needed_by), recipe.num_samples)
     batches = [{k: v.to(parts.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in batches]
     model.eval()
-    parts.load(skip=stack.path)  # embeddings, final norm, head: what every pass runs before and after the blocks
+    parts.load(skip=stack.path)  # embeddings, final norm, head: counted, written, and the embeddings run by every pass
     seq_len = recipe.seq_len or (mean_lengths(model, batches)[0] if batches else 128)
     before = count(model, seq_len=seq_len)
     report = PruningReport(recipe=recipe, before=before, num_samples=sum(examples_in(b) for b in batches))
