@@ -34,6 +34,9 @@ RECIPES = {
                                           structures=["heads", "neurons", "weights"],
                                           weights={"criterion": "wanda", "sparsity": 0.25}, **NO_REFINEMENT),
     "activation-kv-groups": dict(target={"params": 0.7}, criterion="activation", gqa="groups", **NO_REFINEMENT),
+    "layers": dict(target={"flops": 0.7}, structures=["layers"]),  # one of three layers goes
+    "layers-sparsegpt": dict(target={"flops": 0.4}, structures=["layers", "weights"],
+                             weights={"criterion": "sparsegpt", "sparsity": 0.5}),
 }
 
 
@@ -56,8 +59,9 @@ def pruned_whole(model, recipe: dict, batches: list, directory: Path) -> hfprune
 
 def assert_same_checkpoint(expected: Path, found: Path, family: str) -> None:
     """Same kept units, same tensors, same outputs after reloading with hfprune."""
-    sites = lambda d: json.loads((d / "pruning_config.json").read_text())["sites"]  # noqa: E731
-    assert sites(found) == sites(expected)
+    kept = lambda d: {k: v for k, v in json.loads((d / "pruning_config.json").read_text()).items()  # noqa: E731
+                      if k in ("sites", "layers")}
+    assert kept(found) == kept(expected)
     configs = [json.loads((d / "config.json").read_text()) for d in (expected, found)]
     assert configs[0] == configs[1]
     a, b = hfprune.from_pretrained(expected), hfprune.from_pretrained(found)
@@ -74,7 +78,7 @@ def assert_same_checkpoint(expected: Path, found: Path, family: str) -> None:
 @pytest.mark.parametrize("family", LLAMAS)
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_block_by_block_equals_whole_model(family, name, tmp_path):
-    sharded = name.startswith(("activation", "sparsegpt"))
+    sharded = name.startswith(("activation", "sparsegpt", "layers"))
     model = saved(family, tmp_path / "dense", sharded=sharded)
     batches = calibration(family)
     whole = pruned_whole(model, RECIPES[name], batches, tmp_path / "whole")
@@ -84,6 +88,10 @@ def test_block_by_block_equals_whole_model(family, name, tmp_path):
     assert report.weight_sparsity == pytest.approx(whole.weight_sparsity)
     assert report.after.params == whole.after.params and report.before.flops == whole.before.flops
     assert report.after.params < report.before.params or max(report.weight_sparsity.values()) > 0.2
+    assert report.layer_scores == pytest.approx(whole.layer_scores)
+    if name.startswith("layers"):
+        layers = json.loads((tmp_path / "blocks" / "pruning_config.json").read_text())["layers"]["decoder"]
+        assert layers["num_layers"] < SHAPE["num_hidden_layers"] and len(layers["kept"]) == layers["num_layers"]
 
 
 def test_uniform_result_loads_with_plain_transformers(tmp_path):

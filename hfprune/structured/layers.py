@@ -26,15 +26,19 @@ def prune_layers(model: nn.Module, recipe: Recipe, batches: list, before: ModelC
         before: the dense model's `ModelCount`, which the target is a fraction of.
         report: the `PruningReport` that gets the phase times and `layer_scores`.
     """
-    metric = recipe.target.metric
-    if metric not in ("flops", "params", "nonembedding_params"):
-        raise RecipeError("structures: [layers] needs a flops, params or nonembedding_params target")
+    check_layer_target(recipe)
     with report.phase("scoring"):
         importance = block_importance(model, batches)
     removed = choose_layers(importance, before, recipe)
     report.layer_scores = importance
     with report.phase("surgery"):
         remove_layers(model, removed)
+
+
+def check_layer_target(recipe: Recipe) -> None:
+    """Refuse a target that whole layers cannot be counted against, before anything is scored."""
+    if recipe.target.metric not in ("flops", "params", "nonembedding_params"):
+        raise RecipeError("structures: [layers] needs a flops, params or nonembedding_params target")
 
 
 def choose_layers(importance: dict[str, float], before: ModelCount, recipe: Recipe) -> list[str]:
@@ -69,29 +73,41 @@ def choose_layers(importance: dict[str, float], before: ModelCount, recipe: Reci
     return removed
 
 
-@torch.no_grad()
-def block_importance(model: nn.Module, batches: list) -> dict[str, float]:
-    """Block importance of every layer, `"<stack>.<index>"` -> 1 - cos(input, output), averaged over tokens and
-    then over `batches`."""
-    sums: dict[str, float] = {}
-    handles = []
+class BlockImportance:
+    """Running sums of 1 - cos(input, output) of each layer's hidden states: `hook(name)` is the forward hook that
+    adds one call of the layer `name`. `block_importance` hooks every layer of a model; a caller that runs one
+    block at a time hooks each block in turn (`hfprune.structured.offload`)."""
 
-    def hook(name):
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+
+    def hook(self, name: str):
         def record(module, args, output):
             hidden_in = args[0]
             hidden_out = output[0] if isinstance(output, tuple) else output
             cosine = nn.functional.cosine_similarity(hidden_in.float(), hidden_out.float(), dim=-1)
-            sums[name] = sums.get(name, 0.0) + float(1 - cosine.mean())
+            self.sums[name] = self.sums.get(name, 0.0) + float(1 - cosine.mean())
 
         return record
 
+    def scores(self, num_batches: int) -> dict[str, float]:
+        """`"<stack>.<index>"` -> block importance, averaged over tokens and then over `num_batches` batches."""
+        return {name: total / num_batches for name, total in self.sums.items()}
+
+
+@torch.no_grad()
+def block_importance(model: nn.Module, batches: list) -> dict[str, float]:
+    """Block importance of every layer, `"<stack>.<index>"` -> 1 - cos(input, output), averaged over tokens and
+    then over `batches`."""
+    importance = BlockImportance()
+    handles = []
     for stack in find_stacks(model):
         for index, layer in enumerate(stack.layers):
-            handles.append(layer.register_forward_hook(hook(f"{stack.spec.name}.{index}")))
+            handles.append(layer.register_forward_hook(importance.hook(f"{stack.spec.name}.{index}")))
     try:
         for batch in batches:
             model(**{k: v for k, v in batch.items() if k != "labels"})
     finally:
         for handle in handles:
             handle.remove()
-    return {name: total / len(batches) for name, total in sums.items()}
+    return importance.scores(len(batches))

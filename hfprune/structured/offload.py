@@ -10,6 +10,9 @@ the criterion's working set for one linear.
 
 - Weight sparsity (`structures: [weights]`; magnitude, Wanda, SparseGPT): one pass. Each block is calibrated on
   the outputs of the blocks already pruned (`sparsity.blockwise.prune_block`), as `sparsify` does.
+- Whole layers (`structures: [layers]` alone, ShortGPT's block importance): the first pass scores every block
+  on the dense blocks' carried inputs, the second leaves the dropped ones out (neither read nor run) and
+  renumbers the rest.
 - Heads and neurons: the budget search is global over blocks, so two passes. The first reads every block to
   score its units (`magnitude`: its weights; `activation`: what it computes on its inputs, carried from the dense
   blocks before it), the search runs on all the scores (`search.search`), and the second pass reads every block
@@ -19,7 +22,8 @@ the criterion's working set for one linear.
 The saved model equals what `hfprune.prune` on the loaded model with the same recipe, then `save_pretrained`,
 gives. What needs the whole model at once is refused with a `RecipeError`: gradient criteria (Fisher, Taylor:
 a backward pass through every block), mask tuning and weight reconstruction (the dense model's targets at every
-block), layer and hidden-size pruning, a latency target, global weight magnitude. A recipe that leaves `tune`,
+block), hidden-size pruning, layers searched together with heads and neurons, a latency target, global weight
+magnitude. A recipe that leaves `tune`,
 `reconstruct` and `rearrange` unset gets them off (the recipe saved with the checkpoint says so).
 """
 
@@ -43,7 +47,7 @@ from ..checkpoint.stream import CheckpointParts, ShardWriter
 from ..core import find_stacks
 from ..core.masks import SoftMasks
 from ..core.record import ensure_record
-from ..core.surgery import remove_heads, remove_neurons, sync_config
+from ..core.surgery import remove_heads, remove_layers, remove_neurons, sync_config
 from ..cost.flops import count
 from ..errors import RecipeError, UnsupportedModelError
 from ..publish.report import PruningReport
@@ -55,6 +59,7 @@ from ..sparsity.criteria import prune_layer
 from ..sparsity.targets import check_widths, weight_targets
 from .balance import balance_layers, layer_of
 from .criteria import ActivationMeans, Scores, examples_in, magnitude
+from .layers import BlockImportance, check_layer_target, choose_layers
 from .prune import check_weight_pattern, limit_samples
 from .search import search
 
@@ -113,7 +118,11 @@ def prune_checkpoint(
     weights = recipe.weights
     if weights is not None:
         check_weight_pattern(model, recipe, weights)
-    needed_by = f"criterion {recipe.criterion!r}" if structured and recipe.criterion == "activation" else None
+    needed_by = None
+    if structured == ["layers"]:
+        needed_by = "layer pruning (block importance)"
+    elif structured and recipe.criterion == "activation":
+        needed_by = f"criterion {recipe.criterion!r}"
     if needed_by is None and weights is not None and WEIGHT_CRITERIA[weights.criterion].statistic:
         needed_by = f"weights criterion {weights.criterion!r}"
     batches = limit_samples(check_calibration(calibration, needed_by), recipe.num_samples)
@@ -127,14 +136,18 @@ def prune_checkpoint(
         writer = ShardWriter(staging)
         writer.write({k: v for k, v in model.state_dict().items() if not k.startswith(f"{stack.path}.")})
         _drop_what_runs_after_the_blocks(parts, stack, batches)
-        plan = None
-        if structured:
+        plan, removed = None, []
+        if structured == ["layers"]:
+            with report.phase("scoring"):
+                report.layer_scores = _layer_scores(parts, stack, batches)
+            removed = choose_layers(report.layer_scores, before, recipe)
+        elif structured:
             with report.phase("scoring"):
                 report.scores = _scores(parts, stack, recipe.criterion, batches)
             scores = balance_layers(report.scores, before, recipe.target.metric, recipe.layer_balance)
             with report.phase("search"):
                 plan = search(before, scores, recipe)
-        _prune_blocks(parts, stack, plan, weights, batches, writer, report)
+        _prune_blocks(parts, stack, plan, removed, weights, batches, writer, report)
         report.after = count(model, seq_len=seq_len)
         if weights is not None:
             report.weight_sizes = {t.name: t.module.weight.numel() for t in weight_targets(model)}
@@ -148,10 +161,13 @@ def _blockwise_recipe(recipe: Recipe) -> Recipe:
     """`recipe` with its unset refinements off, or a `RecipeError` naming what block-by-block pruning cannot do."""
     use = "; use hfprune.prune on a loaded model for it"
     structured = [s for s in recipe.structures if s != "weights"]
+    if structured == ["layers"]:
+        check_layer_target(recipe)
+        return recipe  # block importance, whatever the criterion; no refinement applies to dropped layers
     whole = sorted(set(structured) - {"heads", "neurons"})
     if whole:
-        raise RecipeError(f"block-by-block pruning removes heads, neurons and weights; structures {whole} are "
-                          f"chosen on the whole model{use}")
+        raise RecipeError(f"block-by-block pruning removes heads, neurons, whole layers (alone) and weights; "
+                          f"structures {whole} with heads or neurons are chosen on the whole model{use}")
     if structured and recipe.criterion not in BLOCKWISE_CRITERIA:
         raise RecipeError(f"criterion {recipe.criterion!r} needs the whole model (gradients through every block); "
                           f"block by block the criteria are {', '.join(BLOCKWISE_CRITERIA)}{use}")
@@ -205,10 +221,12 @@ def _drop_what_runs_after_the_blocks(parts: CheckpointParts, stack, batches: lis
             parts.release(name)
 
 
-def _blocks(parts: CheckpointParts, stack, description: str):
-    """Each block of `stack` in turn, read from the checkpoint: `(index, path, block)`. The block goes back to
-    the meta device once the caller is done with it."""
+def _blocks(parts: CheckpointParts, stack, description: str, skip: set[int] = frozenset()):
+    """Each block of `stack` in turn but those numbered in `skip`, read from the checkpoint: `(index, path,
+    block)`. The block goes back to the meta device once the caller is done with it."""
     for index in tqdm(range(len(stack.layers)), desc=description, unit="block", leave=False):
+        if index in skip:
+            continue
         path = f"{stack.path}.{index}"
         parts.load(path)
         yield index, path, parts.model.get_submodule(path)
@@ -234,15 +252,29 @@ def _scores(parts: CheckpointParts, stack, criterion: str, batches: list) -> Sco
     return Scores(heads, neurons, comparable=False)
 
 
+def _layer_scores(parts: CheckpointParts, stack, batches: list) -> dict[str, float]:
+    """Every layer's block importance (ShortGPT), one block at a time on the dense blocks' carried inputs."""
+    importance = BlockImportance()
+    calls = block_calls(parts.model, stack.layers[0], batches)
+    for index, _, block in _blocks(parts, stack, "block importance"):
+        handle = block.register_forward_hook(importance.hook(f"{stack.spec.name}.{index}"))
+        try:
+            calls = [next_call(block, call) for call in calls]
+        finally:
+            handle.remove()
+    return importance.scores(len(batches))
+
+
 def _observed(block: nn.Module, call: BlockCall, batch: dict, means: ActivationMeans) -> BlockCall:
     means.batch = batch
     return next_call(block, call)
 
 
-def _prune_blocks(parts, stack, plan, weights: WeightSettings | None, batches: list, writer: ShardWriter,
-                  report: PruningReport) -> None:
+def _prune_blocks(parts, stack, plan, removed: list[str], weights: WeightSettings | None, batches: list,
+                  writer: ShardWriter, report: PruningReport) -> None:
     """Second pass (the only one for weight sparsity alone): each block shrunk to `plan`, then sparsified per
-    `weights`, then written."""
+    `weights`, then written; the `removed` layers are neither read nor run, and the blocks after them are written
+    under the numbers they have once those are gone."""
     model = parts.model
     heads, neurons = plan.removals(report.before) if plan is not None else ({}, {})
     statistic = WEIGHT_CRITERIA[weights.criterion].statistic if weights is not None and weights.sparsity else None
@@ -251,25 +283,32 @@ def _prune_blocks(parts, stack, plan, weights: WeightSettings | None, batches: l
     # uniform only halfway through (some blocks pruned, the rest not yet) would stay written: the config is put
     # back and synced once at the end, to what pruning the whole model at once writes.
     config = dict(vars(model.config))
-    for index, path, block in _blocks(parts, stack, "pruning"):
+    gone = {int(name.rsplit(".", 1)[1]) for name in removed}
+    for kept, (index, path, block) in enumerate(_blocks(parts, stack, "pruning", skip=gone)):
         layer = f"{stack.spec.name}.{index}"
         with report.phase("surgery"):
             remove_heads(model, {n: h for n, h in heads.items() if layer_of(n) == layer})
             remove_neurons(model, {n: u for n, u in neurons.items() if layer_of(n) == layer})
+        renamed = f"{stack.path}.{kept}"  # its path once the removed layers are gone
         if weights is not None:
             with report.phase("weight sparsity"):
-                _sparsify_block(model, block, path, weights, statistic, calls, report)
+                _sparsify_block(model, block, path, renamed, weights, statistic, calls, report)
         if calls is not None:
             calls = [next_call(block, call) for call in calls]  # the next block's inputs, from this pruned block
-        writer.write({f"{path}.{k}": v for k, v in block.state_dict().items()})
+        writer.write({f"{renamed}.{k}": v for k, v in block.state_dict().items()})
     if heads or neurons:
         vars(model.config).clear()
         vars(model.config).update(config)
         sync_config(model)
+    if removed:
+        with report.phase("surgery"):
+            remove_layers(model, removed)
 
 
-def _sparsify_block(model, block, path: str, weights: WeightSettings, statistic: str | None, calls, report) -> None:
-    """`sparsify`'s step for one block: its linears pruned per `weights`, calibrated on `calls`."""
+def _sparsify_block(model, block, path: str, renamed: str, weights: WeightSettings, statistic: str | None, calls,
+                    report) -> None:
+    """`sparsify`'s step for one block (at `path`, reported under `renamed`): its linears pruned per `weights`,
+    calibrated on `calls`."""
     targets = [t for t in weight_targets(model) if t.layer_path == path]
     check_widths(targets, weights)
     if weights.sparsity > 0:
@@ -280,4 +319,4 @@ def _sparsify_block(model, block, path: str, weights: WeightSettings, statistic:
             prune_block(block, targets, calls, statistic, lambda t, s: prune_layer(t, weights, s), weights.sequential)
     for target in targets:
         weight = target.module.weight
-        report.weight_sparsity[target.name] = float((weight == 0).sum()) / weight.numel()
+        report.weight_sparsity[renamed + target.name[len(path):]] = float((weight == 0).sum()) / weight.numel()
