@@ -251,6 +251,18 @@ def test_cli_block_by_block_equals_the_cli_on_the_loaded_model(tmp_path):
     assert (tmp_path / "blocks" / "tokenizer.json").exists() and (tmp_path / "blocks" / "README.md").exists()
 
 
+def test_cli_block_by_block_refuses_in_one_line(tmp_path, capsys):
+    saved("llama", tmp_path / "dense")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("target: {flops: 0.6}\ncriterion: fisher\n")
+    capsys.readouterr()  # transformers' progress bars from saving
+    assert main(["prune", "--model", str(tmp_path / "dense"), "--recipe", str(recipe), "--out", str(tmp_path / "o"),
+                 "--block-by-block"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("hfprune: error: criterion 'fisher' needs the whole model") and "\n" not in error
+    assert not (tmp_path / "o").exists()
+
+
 # ------------------------------------------------------------------------------------------------------ memory
 
 
