@@ -121,6 +121,12 @@ def test_tied_embeddings_and_an_already_pruned_checkpoint(tmp_path):
     assert (report.before.params, report.after.params) == (whole.before.params, whole.after.params)
     reloaded = hfprune.from_pretrained(tmp_path / "blocks")
     assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+    # Without calibration data nothing outside the blocks runs: embedding and tied head both leave memory.
+    recipe = dict(target={"params": 0.8}, criterion="magnitude", **NO_REFINEMENT)
+    whole = pruned_whole(hfprune.from_pretrained(tmp_path / "first"), recipe, None, tmp_path / "whole-magnitude")
+    report = hfprune.prune_checkpoint(tmp_path / "first", recipe, save_directory=tmp_path / "blocks-magnitude")
+    assert_same_checkpoint(tmp_path / "whole-magnitude", tmp_path / "blocks-magnitude", "qwen2")
+    assert (report.before.params, report.after.params) == (whole.before.params, whole.after.params)
 
 
 def test_unset_refinements_are_off_and_recorded(tmp_path):

@@ -214,11 +214,10 @@ def _drop_what_runs_after_the_blocks(parts: CheckpointParts, stack, batches: lis
     finally:
         for handle in handles:
             handle.remove()
-    needed = {id(p) for name in ran for p in model.get_submodule(name).parameters(False)}
     for name in owners:
-        # A head tied to the embedding frees nothing, and must stay tied for the counts.
-        if name not in ran and any(id(p) not in needed for p in model.get_submodule(name).parameters(False)):
+        if name not in ran:
             parts.release(name)
+    model.tie_weights()  # a head tied to the embedding stays tied (on whichever device): the counts see one tensor
 
 
 def _blocks(parts: CheckpointParts, stack, description: str, skip: set[int] = frozenset()):
