@@ -245,6 +245,9 @@ class PruningCallback(TrainerCallback):
             logger.warning("PruningCallback: FSDP was asked for, but the model is not sharded (accelerate turns FSDP "
                            "on for GPUs and other accelerators only); each of the %d process(es) holds the whole "
                            "model. %s.", getattr(args, "world_size", 1), SUPPORTED)
+        elif sharded:
+            logger.info("PruningCallback: the model is sharded by FSDP2 over %d process(es).",
+                        getattr(args, "world_size", 1))
         return sharded
 
     # ---------------------------------------------------------------------------------------- checkpoints

@@ -67,15 +67,18 @@ def train(work: Path, model_dir: Path, name: str, launcher: list[str]) -> dict:
                "--output_dir", str(out), "--max_steps", "40", "--block_size", "64",
                "--per_device_train_batch_size", str(per_device), "--learning_rate", "1e-3"]
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    # At info level the callback says when it found the model sharded by FSDP2.
+    env = {**os.environ, "PYTHONPATH": path, "TRANSFORMERS_VERBOSITY": "info"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     log = done.stdout + done.stderr
     (work / f"{name}.log").write_text(log)
     print(f"{name}: exit {done.returncode} in {time.perf_counter() - start:.0f} s", flush=True)
     if done.returncode:
         print(log[-4000:])
     return {"returncode": done.returncode, "seconds": time.perf_counter() - start,
-            "not_sharded_warning": "not sharded" in log, "out": out}
+            "not_sharded_warning": "not sharded" in log,
+            "sharded_by_fsdp2": "sharded by FSDP2" in log, "out": out}
 
 
 def kept(model) -> dict:
