@@ -22,7 +22,7 @@ from ..calibration.lengths import positions
 from ..core import residual_source, resolve_sites
 from ..core.linear import weight_out_in
 from ..core.masks import SoftMasks
-from .criteria import real_positions
+from .criteria import examples_in, real_positions
 
 # Tokens per site for mask tuning: thousands of tokens x hidden size equations for at most a few thousand
 # unknowns is well posed; more only costs time (each site needs a pass of its layer over them).
@@ -32,24 +32,32 @@ MAX_TOKENS = 8192
 RECONSTRUCTION_TOKENS = 32768
 # The dense targets of every site are held at once (float32, one hidden-size row per token and site).
 TARGET_BYTES = 2 * 2**30
+# Positions of one example are far from independent equations: a Whisper window is 1500 encoder frames, mostly
+# padding, so 32768 positions were 22 utterances, and the refit overfit them (tiny.en, encoder FFN at 90% FLOPs:
+# WER 26.1 without refinement, 19.9 refit on 64 utterances; the refit on 22 had made the sensitivity map's
+# encoder FFN worse, 17.1 -> 21.4). Both fits take at least this many examples, memory permitting. Text examples
+# are short enough that the token counts above already hold more.
+MIN_EXAMPLES = 128
 
 
 # ------------------------------------------------------------------------------------------- mask tuning
 
 
-def _first_tokens(model: nn.Module, batches: list, tokens: int, sites: int = 1) -> list:
-    """The leading batches that hold about `tokens` real positions (at least one batch), fewer when the dense
-    targets of `sites` sites would pass TARGET_BYTES. Audio counts frames after the feature extractor,
-    encoder-decoders encoder + decoder positions: 256 Whisper utterances are 384k encoder frames, and the dense
-    targets of every site would be kept for all of them."""
+def _first_tokens(model: nn.Module, batches: list, tokens: int, sites: int = 1, examples: int = MIN_EXAMPLES) -> list:
+    """The leading batches that hold about `tokens` real positions and at least `examples` examples (at least one
+    batch), fewer when the dense targets of `sites` sites would pass TARGET_BYTES. Audio counts frames after the
+    feature extractor, encoder-decoders encoder + decoder positions: 256 Whisper utterances are 384k encoder
+    frames, and the dense targets of every site would be kept for all of them."""
     hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model", 1024)
-    tokens = max(1, min(tokens, TARGET_BYTES // (4 * hidden * max(sites, 1))))
-    kept, seen = [], 0
+    memory = max(1, TARGET_BYTES // (4 * hidden * max(sites, 1)))
+    tokens = min(tokens, memory)
+    kept, seen, counted = [], 0, 0
     for batch in batches:
-        if kept and seen >= tokens:
+        if kept and (seen >= memory or (seen >= tokens and counted >= examples)):
             break
         kept.append(batch)
         seen += positions(model, batch)
+        counted += examples_in(batch)
     return kept
 
 

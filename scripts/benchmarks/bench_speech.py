@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="fortune quotes spoken for distillation, besides the 32 train sentences")
     parser.add_argument("--distill-alpha", type=float, default=1.0, help="KL weight against the transcripts' CE")
     parser.add_argument("--distill-lr", type=float, default=1e-4)
-    parser.add_argument("--num-samples", type=int, default=64, help="unlabelled calibration clips (one-shot)")
+    parser.add_argument("--num-samples", type=int, default=128, help="unlabelled calibration clips (one-shot)")
     parser.add_argument("--steps", type=int, default=40, help="fine-tuning steps (batch --batch-size)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-5)
