@@ -23,8 +23,8 @@ The saved model equals what `hfprune.prune` on the loaded model with the same re
 gives. What needs the whole model at once is refused with a `RecipeError`: gradient criteria (Fisher, Taylor:
 a backward pass through every block), mask tuning and weight reconstruction (the dense model's targets at every
 block), hidden-size pruning, layers searched together with heads and neurons, a latency target, global weight
-magnitude. A recipe that leaves `tune`,
-`reconstruct` and `rearrange` unset gets them off (the recipe saved with the checkpoint says so).
+magnitude. A recipe that leaves `tune`, `reconstruct` and `rearrange` unset gets them off (the recipe saved with
+the checkpoint says so).
 """
 
 from __future__ import annotations
