@@ -62,14 +62,18 @@ def build(work: Path) -> Path:
 def train(work: Path, model_dir: Path, name: str, launcher: list[str]) -> dict:
     out = work / name
     per_device = 8 // max(1, torch.cuda.device_count()) if name == "fsdp" else 8
-    command = [*launcher, str(ROOT / "scripts/examples/run_causal_lm.py"), "--model", str(model_dir),
+    # The script runs with hfprune's info messages shown: the callback says there when it found the model sharded.
+    wrapper = work / "run_causal_lm_logged.py"
+    wrapper.write_text("import logging, runpy\nlogging.basicConfig(level=logging.WARNING)\n"
+                       "logging.getLogger('hfprune').setLevel(logging.INFO)\n"
+                       f"runpy.run_path({str(ROOT / 'scripts/examples/run_causal_lm.py')!r}, run_name='__main__')\n")
+    command = [*launcher, str(wrapper), "--model", str(model_dir),
                "--recipe", str(work / "recipe.yaml"), "--train_file", str(work / "train.txt"),
                "--output_dir", str(out), "--max_steps", "40", "--block_size", "64",
                "--per_device_train_batch_size", str(per_device), "--learning_rate", "1e-3"]
     start = time.perf_counter()
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    # At info level the callback says when it found the model sharded by FSDP2.
-    env = {**os.environ, "PYTHONPATH": path, "TRANSFORMERS_VERBOSITY": "info"}
+    env = {**os.environ, "PYTHONPATH": path}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     log = done.stdout + done.stderr
     (work / f"{name}.log").write_text(log)
