@@ -121,8 +121,8 @@ class Recipe:
         "reconstruction; more freedom than `tune`, which it replaces). Needs calibration data (no labels). On the "
         "three-task benchmark (scripts/benchmarks/bench.py), without retraining, it kept 1.4 points more accuracy "
         "than mask tuning at 60% FLOPs and 5.5 more at 40% (means over tasks and draws); after a recovery epoch "
-        "the two were within 0.4 points. Default: on, except for Whisper one-shot, where every refinement raised "
-        "WER (scripts/benchmarks/whisper_sensitivity.py).",
+        "the two were within 0.4 points. Default: on (Whisper one-shot: on, with tuning and rearrangement off; "
+        "scripts/benchmarks/bench_speech.py).",
         None,
     )
     add_bias: bool = _help(

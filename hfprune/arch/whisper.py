@@ -48,7 +48,7 @@ WHISPER = register_adapter(
             ),
         ),
         # Measured on tiny.en (scripts/benchmarks/whisper_sensitivity.py, test WER 14.5 dense, a quarter of one
-        # structure removed): the encoder's heads cannot go one-shot (49.8-55.7 with or without refinement;
+        # structure removed): the encoder's heads cannot go one-shot (55.7 plain, 35.2 reconstructed;
         # 53 % of the FLOPs per utterance, 725 MFLOPs a head at 1500 frames), every other structure costs
         # 1-3 points. The decoder's self-attention and FFN are 0.7 % of the FLOPs: nothing to gain, and at 90 %
         # FLOPs the search still took them (Fisher scores them near zero) for 18.6 WER, against 15.7 with the
