@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from ddp_worker import NO_DROPOUT, StopAt, Topics, worker_recipe  # beside this file
+from ddp_worker import NO_DROPOUT, StopAt, Topics, end_process_group, worker_recipe  # beside this file
 from ddp_worker import RUNS as DDP_RUNS
 from tiny_models import build
 
@@ -237,18 +237,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", nargs="+", default=[*RUNS, *VARIANTS, "uniform", *REFUSED])
     options = parser.parse_args(argv)
     out = Path(options.output_dir)
-    for name in options.runs:
-        if name == "uniform":
-            uniform(out / name)
-        elif name in REFUSED:
-            refused(out / name, name)
-        elif name.endswith("+resume"):
-            run(name, out / name, options.batch, stop=6)
-            run(name, out / name, options.batch, resume=True)
-        elif name == ACCUMULATION:
-            run(name, out / name, options.batch // 2)
-        else:
-            run(name, out / name, options.batch)
+    try:
+        for name in options.runs:
+            if name == "uniform":
+                uniform(out / name)
+            elif name in REFUSED:
+                refused(out / name, name)
+            elif name.endswith("+resume"):
+                run(name, out / name, options.batch, stop=6)
+                run(name, out / name, options.batch, resume=True)
+            elif name == ACCUMULATION:
+                run(name, out / name, options.batch // 2)
+            else:
+                run(name, out / name, options.batch)
+    finally:
+        end_process_group()
 
 
 if __name__ == "__main__":
