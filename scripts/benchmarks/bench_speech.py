@@ -17,7 +17,10 @@ in the same rounds, decoding the same number of tokens, the test references' mea
 over rounds of dense / model seconds on the same clip), the speedup / FLOPs-ratio efficiency, and writes
 bench_speech.md/.json/.png.
 
-    python -m scripts.benchmarks.bench_speech [--fractions 0.8,0.6,0.4] [--steps 40]
+With `--draws N` the one-shot methods are also calibrated on N - 1 other draws of the train clips (seeded
+shuffles), and the goals are judged on the mean WER: on 2 cores one draw moved WER at 90 % FLOPs by 4 points.
+
+    python -m scripts.benchmarks.bench_speech [--fractions 0.8,0.6,0.4] [--steps 40] [--draws 3]
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--distill-alpha", type=float, default=1.0, help="KL weight against the transcripts' CE")
     parser.add_argument("--distill-lr", type=float, default=1e-4)
     parser.add_argument("--num-samples", type=int, default=128, help="unlabelled calibration clips (one-shot)")
+    parser.add_argument("--draws", type=int, default=1,
+                        help="calibration draws of the one-shot methods: draw 0 takes the first train clips, draw k a "
+                        "shuffle seeded k; the table gives the mean WER and its range, generate() is timed on draw 0")
     parser.add_argument("--steps", type=int, default=40, help="fine-tuning steps (batch --batch-size)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-5)
@@ -170,6 +176,16 @@ def defaults(dense, fraction: float, context: dict):
 
 
 METHODS = {"one-shot": one_shot, "defaults": defaults, "fine-tuned": fine_tuned}
+DRAWN = ("one-shot", "defaults")  # the methods whose result depends on which clips calibrate them
+
+
+def calibration_draw(features: torch.Tensor, clips: int, draw: int) -> list[dict]:
+    """Batches of 8 unlabelled clips: the first `clips` train clips for draw 0, else a shuffle seeded `draw`
+    (the 320 train clips are ordered by sentence, so a draw also changes which sentences calibrate)."""
+    order = torch.arange(len(features)) if draw == 0 else torch.randperm(
+        len(features), generator=torch.Generator().manual_seed(draw))
+    chosen = features[order[:clips]]
+    return [{"input_features": chosen[i : i + 8]} for i in range(0, len(chosen), 8)]
 
 
 class StopAfter(transformers.TrainerCallback):
@@ -234,8 +250,8 @@ def run(args) -> list[dict]:
     references = list(data["test"]["text"])
     train_labels = [label_ids(processor, t) for t in data["train"]["text"]]
     decoder_len = round(statistics.mean(len(label_ids(processor, t)) + 1 for t in references))  # + start token
-    calibration = [{"input_features": train_features[i : i + 8]} for i in range(0, args.num_samples, 8)]
-    context = {"args": args, "calibration": calibration, "decoder_len": decoder_len,
+    context = {"args": args, "calibration": calibration_draw(train_features, args.num_samples, 0),
+               "decoder_len": decoder_len,
                "train": SpeechTrainSet(train_features, train_labels)}
     timed = test_features[: args.latency_clips]
     transformers.logging.set_verbosity_error()  # generate() repeats its deprecation notes for every call
@@ -258,6 +274,12 @@ def run(args) -> list[dict]:
             start = time.perf_counter()
             models.append(METHODS[name](dense, fraction, context))
             rows.append(measure(name, fraction, models[-1], time.perf_counter() - start, dense_flops)[0])
+            if name in DRAWN and args.draws > 1:
+                rows[-1]["wer_draws"] = [rows[-1]["wer"]]
+                for draw in range(1, args.draws):
+                    drawn = {**context, "calibration": calibration_draw(train_features, args.num_samples, draw)}
+                    model = METHODS[name](dense, fraction, drawn)
+                    rows[-1]["wer_draws"].append(measure(f"{name} draw {draw}", fraction, model, 0.0)[0]["wer"])
     if args.distill_minutes:
         context["distill_train"] = distill_set(dense, processor, args)
         start = time.perf_counter()
@@ -274,12 +296,16 @@ def run(args) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     dense = rows[0]
-    lines = ["| method | FLOPs kept | test WER | Δ vs dense | generate() per utterance | speedup "
-             "| speedup / FLOPs ratio | prune / train time |", "|---|--:|--:|--:|--:|--:|--:|--:|"]
+    lines = ["| method | FLOPs kept | test WER | Δ vs dense | WER over calibration draws | generate() per utterance "
+             "| speedup | speedup / FLOPs ratio | prune / train time |", "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for row in rows:
+        draws = row.get("wer_draws")
+        spread = (f"{statistics.mean(draws):.2%} ({min(draws):.1%}–{max(draws):.1%}, {len(draws)} draws)"
+                  if draws else "")
         lines.append(
             f"| {row['method']} | {row['flops_kept']:.3f} | {row['wer']:.2%} | "
-            f"{(row['wer'] - dense['wer']) * 100:+.1f} | {row['latency_s'] * 1e3:.0f} ms | {row['speedup']:.2f}x | "
+            f"{(row['wer'] - dense['wer']) * 100:+.1f} | {spread} | {row['latency_s'] * 1e3:.0f} ms | "
+            f"{row['speedup']:.2f}x | "
             f"{row['speedup'] * row['flops_kept']:.2f} | {row['prune_s']:.0f} s"
             + (f", {row['steps']} steps |" if "steps" in row else " |")
         )
@@ -296,9 +322,12 @@ def goals(rows: list[dict]) -> list[str]:
         for fraction, limit in ((0.9, 2), (0.8, 5)):
             found = [r for r in rows if r["method"] == method and r["fraction"] == fraction]
             if found:
-                gap = (found[0]["wer"] - dense["wer"]) * 100
+                # Judged on the mean over calibration draws where there are several: one draw moves WER by points.
+                draws = found[0].get("wer_draws", [found[0]["wer"]])
+                gap = (statistics.mean(draws) - dense["wer"]) * 100
+                over = f" (mean of {len(draws)} calibration draws)" if len(draws) > 1 else ""
                 lines.append(f"- {label}, {fraction:.0%} FLOPs, no training, WER within {limit} points of dense: "
-                             f"{gap:+.1f} -> {'PASS' if gap <= limit else 'FAIL'}")
+                             f"{gap:+.1f}{over} -> {'PASS' if gap <= limit else 'FAIL'}")
     for row in (r for r in rows if r["method"] == "one-shot + distilled"):
         gap = (row["wer"] - dense["wer"]) * 100
         lines.append(f"- generate() halved and WER within 3 points after <= 30 min of training: {row['speedup']:.2f}x, "
