@@ -19,6 +19,7 @@ scores and the final state dict. The main process also saves the pruned model to
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 from pathlib import Path
 
@@ -131,21 +132,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     options = parser.parse_args(argv)
+    finished = False
     try:
         for name in options.runs:
             run(name, Path(options.output_dir) / name, options.batch, options.steps)
+        finished = True
     finally:
-        end_process_group()
+        end_process_group(finished)
 
 
-def end_process_group() -> None:
+def end_process_group(finished: bool = True) -> None:
     """Close the process group before the interpreter exits.
 
-    Left open, gloo's threads are still joinable at exit and a rank can abort ("terminate called without an active
-    exception") after its work is done, which failed a CI run once. No barrier: a rank that failed must not hang here.
+    Left open, the DDP reducers of finished runs (kept alive by reference cycles) and gloo's threads are torn down
+    in whatever order the interpreter exit picks, and a rank aborted there ("terminate called without an active
+    exception") in two CI runs, once after every run had saved. So: free the finished runs' objects while the group
+    still exists, wait until both ranks are done with every collective, then destroy it. After a failure, destroy
+    without the barrier: the other rank may never reach it.
     """
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    if not torch.distributed.is_initialized():
+        return
+    gc.collect()
+    if finished:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", nargs="+", default=[*RUNS, *VARIANTS, "uniform", *REFUSED])
     options = parser.parse_args(argv)
     out = Path(options.output_dir)
+    finished = False
     try:
         for name in options.runs:
             if name == "uniform":
@@ -250,8 +251,9 @@ def main(argv: list[str] | None = None) -> None:
                 run(name, out / name, options.batch // 2)
             else:
                 run(name, out / name, options.batch)
+        finished = True
     finally:
-        end_process_group()
+        end_process_group(finished)
 
 
 if __name__ == "__main__":
