@@ -79,8 +79,6 @@ def main(argv=None) -> None:
         hfprune.save_pretrained(model, args.output_dir)
         tokenizer.save_pretrained(args.output_dir)
     print(hfprune.count(model, seq_len=args.block_size))
-    # Close the process group of a multi-process launch: left open, a process can abort at exit after its work.
-    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":

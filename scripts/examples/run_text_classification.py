@@ -109,8 +109,6 @@ def main(argv=None) -> None:
     print(hfprune.count(model, seq_len=args.max_length))
     if args.push_to_hub:
         trainer.push_to_hub()
-    # Close the process group of a multi-process launch: left open, a process can abort at exit after its work.
-    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
