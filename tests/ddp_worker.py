@@ -19,6 +19,7 @@ scores and the final state dict. The main process also saves the pruned model to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import sys
@@ -133,33 +134,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     options = parser.parse_args(argv)
-    finished = False
-    try:
+    with process_group_closed_at_end():
         for name in options.runs:
             run(name, Path(options.output_dir) / name, options.batch, options.steps)
-        finished = True
-    finally:
-        end_process_group(finished)
 
 
-def end_process_group(finished: bool = True) -> None:
-    """Close the process group before the interpreter exits.
+@contextlib.contextmanager
+def process_group_closed_at_end():
+    """Close the process group when the block ends, before the interpreter exits.
 
     Left open, the DDP reducers of finished runs (kept alive by reference cycles) and gloo's threads are torn down
     in whatever order the interpreter exit picks, and a rank aborted there ("terminate called without an active
     exception") in two CI runs, once after every run had saved. So: free the finished runs' objects while the group
-    still exists, wait until both ranks are done with every collective, then destroy it. After a failure, destroy
-    without the barrier: the other rank may never reach it.
+    still exists, wait until both ranks are done with every collective, destroy the group, and skip the
+    interpreter's teardown of torch's C++ state (the step that aborted): every result is written by then. After a
+    failure, destroy without the barrier (the other rank may never reach it) and let the exception through.
     """
-    if not torch.distributed.is_initialized():
-        return
-    gc.collect()
-    if finished:
+    try:
+        yield
+    except BaseException:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        raise
+    if torch.distributed.is_initialized():
+        gc.collect()
         torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-    if finished:
-        # Every result is written and the group is closed: skip the interpreter's teardown of torch's C++ state,
-        # the step that aborted.
+        torch.distributed.destroy_process_group()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)

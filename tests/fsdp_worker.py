@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from ddp_worker import NO_DROPOUT, StopAt, Topics, end_process_group, worker_recipe  # beside this file
+from ddp_worker import NO_DROPOUT, StopAt, Topics, process_group_closed_at_end, worker_recipe  # beside this file
 from ddp_worker import RUNS as DDP_RUNS
 from tiny_models import build
 
@@ -237,8 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", nargs="+", default=[*RUNS, *VARIANTS, "uniform", *REFUSED])
     options = parser.parse_args(argv)
     out = Path(options.output_dir)
-    finished = False
-    try:
+    with process_group_closed_at_end():
         for name in options.runs:
             if name == "uniform":
                 uniform(out / name)
@@ -251,9 +250,6 @@ def main(argv: list[str] | None = None) -> None:
                 run(name, out / name, options.batch // 2)
             else:
                 run(name, out / name, options.batch)
-        finished = True
-    finally:
-        end_process_group(finished)
 
 
 if __name__ == "__main__":
