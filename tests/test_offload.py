@@ -149,6 +149,7 @@ def test_unset_refinements_are_off_and_recorded(tmp_path):
     (dict(criterion="magnitude", structures=["heads", "layers"], **NO_REFINEMENT), "structures ['layers']"),
     (dict(criterion="magnitude", structures=["hidden"], **NO_REFINEMENT), "structures ['hidden']"),
     (dict(criterion="magnitude", target={"latency": 0.5}, **NO_REFINEMENT), "latency target"),
+    (dict(criterion="activation", iterative_steps=3, **NO_REFINEMENT), "set iterative_steps: 1"),
     (dict(structures=["weights"], weights={"criterion": "magnitude", "scope": "global"}), "scope 'layer'"),
 ])
 def test_refused_recipes_name_what_works(recipe, message, tmp_path):

@@ -177,12 +177,17 @@ def _blockwise_recipe(recipe: Recipe) -> Recipe:
         if structured and getattr(recipe, name):
             raise RecipeError(f"`{name}` fits the pruned blocks to the dense model's outputs, which needs the whole "
                               f"model; set `{name}: false` for block-by-block pruning{use}")
+    if structured and (recipe.iterative_steps or 1) > 1:
+        raise RecipeError(f"iterative_steps re-scores the whole model between rounds; set iterative_steps: 1 for "
+                          f"block-by-block pruning{use}")
     weights = recipe.weights
     if weights is not None and weights.scope == "global" and weights.sparsity > 0:
         raise RecipeError(f"weights.scope 'global' ranks the weights of every layer at once; use scope 'layer' for "
                           f"block-by-block pruning{use}")
     unset = {name: False for name in _REFINEMENTS if getattr(recipe, name) is None}
-    return replace(recipe, **unset) if unset else recipe
+    if recipe.iterative_steps is None:
+        unset["iterative_steps"] = 1
+    return replace(recipe, **unset)
 
 
 def _only_stack(model: nn.Module):

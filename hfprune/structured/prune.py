@@ -41,6 +41,7 @@ from .criteria import NEEDS_DATA, Scores, compute_scores
 from .depth import choose_depth
 from .hidden import prune_hidden
 from .hidden_search import choose_hidden
+from .iterative import iterated_scores
 from .latency_budget import latency_costed
 from .layers import prune_layers
 from .rearrange import rearrange
@@ -171,7 +172,7 @@ def prune(
 
 
 # What a recipe that leaves these unset gets, unless its model's family says otherwise (`Adapter.oneshot_defaults`).
-LIBRARY_DEFAULTS = {"rearrange": True, "tune": True, "reconstruct": True}
+LIBRARY_DEFAULTS = {"rearrange": True, "tune": True, "reconstruct": True, "iterative_steps": 1}
 
 
 def _resolved(recipe: Recipe, adapter, structured: list) -> Recipe:
@@ -235,6 +236,9 @@ def _prune_units(model, recipe: Recipe, batches: list, before, report: PruningRe
             with report.phase("scoring"):
                 given = compute_scores(model, recipe.criterion, batches, channels="channels" in recipe.structures)
         report.scores = given
+        if recipe.iterative_steps > 1:
+            with report.phase("scoring"):
+                given = iterated_scores(model, recipe, before, given, batches)
         scores = balance_layers(given, before, recipe.target.metric, recipe.layer_balance)
         with report.phase("search"):
             if "layers" in recipe.structures:

@@ -11,16 +11,18 @@ import copy
 import torch
 
 from .criteria import Scores
+from .search import GONE
 
 MAX_SWAPS = 50
 
 
-def _best_removed_set(grads: torch.Tensor, kept: list[int]) -> list[int]:
+def _best_removed_set(grads: torch.Tensor, kept: list[int], gone: torch.Tensor) -> list[int]:
+    """`kept` after greedy swaps; units marked in `gone` (removed by an earlier round) are never swapped in."""
     units = grads.shape[1]
     keep_mask = torch.zeros(units, dtype=torch.bool)
     keep_mask[kept] = True
     for _ in range(MAX_SWAPS):
-        removed, kept_now = (~keep_mask).nonzero().flatten(), keep_mask.nonzero().flatten()
+        removed, kept_now = (~keep_mask & ~gone).nonzero().flatten(), keep_mask.nonzero().flatten()
         if not len(removed) or not len(kept_now):
             break
         g_removed, g_kept = grads[:, removed], grads[:, kept_now]
@@ -43,9 +45,9 @@ def rearrange(plan, scores: Scores, counts):
     gradient criterion (`plan` itself is left as it is, so a caller can keep it). GQA sites, whose units are tied
     across groups, keep the search's choice."""
     plan = copy.deepcopy(plan)
-    tables = ((plan.heads, scores.head_grads), (plan.neurons, scores.neuron_grads),
-              (plan.channels, scores.channel_grads))
-    for table, grads in tables:
+    tables = ((plan.heads, scores.head_grads, scores.heads), (plan.neurons, scores.neuron_grads, scores.neurons),
+              (plan.channels, scores.channel_grads, scores.channels))
+    for table, grads, values in tables:
         for name, kept in table.items():
             grad = grads.get(name)
             if grad is None or not 0 < len(kept) < grad.shape[1] or grad.shape[0] < 2:
@@ -53,5 +55,5 @@ def rearrange(plan, scores: Scores, counts):
             site = counts.sites[name]
             if table is plan.heads and site.units != site.kv_units:
                 continue  # GQA: heads go in tied units; a single swap would break the group rule
-            table[name] = _best_removed_set(grad.double(), kept)
+            table[name] = _best_removed_set(grad.double(), kept, values[name].cpu() == GONE)
     return plan

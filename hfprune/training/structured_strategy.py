@@ -90,6 +90,9 @@ class StructuredPruning(PruningStrategy):
                     f"PruningCallback prunes heads and neurons; structures: [{one_shot}] is one-shot only "
                     "(hfprune.prune)"
                 )
+        if (recipe.iterative_steps or 1) > 1:
+            raise RecipeError("iterative_steps is for one-shot hfprune.prune; during training the `schedule` prunes "
+                              "step by step already (set iterative_steps: 1 or leave it out)")
         self.seq_len = seq_len or recipe.seq_len or 128
         self.encoder_seq_len = encoder_seq_len or recipe.encoder_seq_len
         self.masks: SoftMasks | None = None
