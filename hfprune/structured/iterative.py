@@ -38,9 +38,8 @@ def step_target(recipe: Recipe, counts: ModelCount, share: float) -> dict:
 
 
 def _mark_gone(scores: Scores, masks: SoftMasks) -> Scores:
-    """`scores` with every unit whose gate is 0 scored `GONE`."""
-    tables = ((scores.heads, masks.heads), (scores.neurons, masks.neurons), (scores.channels, masks.channels))
-    for table, gates in tables:
+    """`scores` with every head and neuron whose gate is 0 scored `GONE`."""
+    for table, gates in ((scores.heads, masks.heads), (scores.neurons, masks.neurons)):
         for name, gate in gates.items():
             if name in table:
                 table[name] = table[name].float().masked_fill(gate == 0, GONE)
@@ -60,13 +59,12 @@ def iterated_scores(model, recipe: Recipe, counts: ModelCount, scores: Scores, b
     Returns:
         Scores of the model with the last intermediate plan masked, removed units scored `GONE`.
     """
-    channels = "channels" in recipe.structures
     metric = recipe.target.metric
     for step in range(1, recipe.iterative_steps):
         share = step / recipe.iterative_steps
         balanced = balance_layers(scores, counts, metric, recipe.layer_balance)
         plan = search(counts, balanced, replace(recipe, target=step_target(recipe, counts, share)))
-        with SoftMasks(model, channels=channels) as masks:
+        with SoftMasks(model) as masks:  # heads and neurons only (the recipe refuses other structures)
             plan.apply(masks)
-            scores = _mark_gone(compute_scores(model, recipe.criterion, batches, channels=channels), masks)
+            scores = _mark_gone(compute_scores(model, recipe.criterion, batches), masks)
     return scores
