@@ -21,7 +21,7 @@ from ..recipe import Recipe
 from ..settings import TARGET_COUNTS
 from .balance import balance_layers
 from .criteria import Scores, compute_scores
-from .search import GONE, search
+from .search import mark_gone, search
 
 
 def step_target(recipe: Recipe, counts: ModelCount, share: float) -> dict:
@@ -35,15 +35,6 @@ def step_target(recipe: Recipe, counts: ModelCount, share: float) -> dict:
         else:
             steps[key] = 1 - (1 - goal) * share
     return steps
-
-
-def _mark_gone(scores: Scores, masks: SoftMasks) -> Scores:
-    """`scores` with every head and neuron whose gate is 0 scored `GONE`."""
-    for table, gates in ((scores.heads, masks.heads), (scores.neurons, masks.neurons)):
-        for name, gate in gates.items():
-            if name in table:
-                table[name] = table[name].float().masked_fill(gate == 0, GONE)
-    return scores
 
 
 def iterated_scores(model, recipe: Recipe, counts: ModelCount, scores: Scores, batches: list) -> Scores:
@@ -66,5 +57,5 @@ def iterated_scores(model, recipe: Recipe, counts: ModelCount, scores: Scores, b
         plan = search(counts, balanced, replace(recipe, target=step_target(recipe, counts, share)))
         with SoftMasks(model) as masks:  # heads and neurons only (the recipe refuses other structures)
             plan.apply(masks)
-            scores = _mark_gone(compute_scores(model, recipe.criterion, batches), masks)
+            scores = mark_gone(compute_scores(model, recipe.criterion, batches), masks)
     return scores

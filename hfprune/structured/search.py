@@ -61,6 +61,15 @@ class Plan:
 GONE = float("-inf")  # the score of a unit that was removed before (it can never be kept again)
 
 
+def mark_gone(scores: Scores, masks) -> Scores:
+    """`scores` with every head and neuron whose gate in `masks` (a `SoftMasks`) is 0 scored `GONE`: what is gone
+    stays gone, a removed unit never outranks a kept one (PruningCallback's re-planning, iterative one-shot)."""
+    for table, gates in ((scores.heads, masks.heads), (scores.neurons, masks.neurons)):
+        for name, gate in gates.items():
+            table[name] = table[name].float().masked_fill(gate.detach() == 0, GONE)
+    return scores
+
+
 @dataclass
 class _Unit:
     site: str

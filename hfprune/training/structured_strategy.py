@@ -33,7 +33,7 @@ from ..cost.flops import ModelCount, count
 from ..errors import RecipeError
 from ..recipe import Recipe
 from ..structured.criteria import Scores, compute_scores, movement_step
-from ..structured.search import Plan, planned_cost, search
+from ..structured.search import Plan, mark_gone, planned_cost, search
 from .optimizer_state import follow_surgery
 from .schedule import Schedule
 from .sharding import gather_and_cut, whole
@@ -220,11 +220,7 @@ class StructuredPruning(PruningStrategy):
                 {n: self.accumulated[n].clone() for n in self.masks.neurons},
                 comparable=self.recipe.criterion == "fisher",  # movement, like taylor, is a first-order score
             )
-        # What is gone stays gone: a removed unit can never outrank a kept one.
-        for table, gates in ((scores.heads, self.masks.heads), (scores.neurons, self.masks.neurons)):
-            for name, gate in gates.items():
-                table[name] = table[name].float().masked_fill(gate.detach() == 0, float("-inf"))
-        return scores
+        return mark_gone(scores, self.masks)
 
     @torch.no_grad()
     def _prune_to(self, model, fraction: float) -> None:
